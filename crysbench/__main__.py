@@ -1,0 +1,3 @@
+from crysbench.cli import main
+
+raise SystemExit(main())
