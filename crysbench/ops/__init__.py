@@ -42,7 +42,7 @@ def build_info() -> dict:
     return load()
 
 
-def _native():
+def _lib():
     load()
     from crysbench.ops import _register
 
@@ -109,7 +109,7 @@ def neighbor_list(positions: Tensor, cells: Tensor, pbc: Tensor, ptr: Tensor, cu
     if backend() == "ref":
         return reference.neighbor_list(positions, cells, pbc, ptr, float(cutoff), return_vectors)
     require_device("neighbor_list", positions)
-    return _native().neighbor_list(positions.contiguous(), cells.contiguous(), pbc.contiguous(),
+    return _lib().neighbor_list(positions.contiguous(), cells.contiguous(), pbc.contiguous(),
                                    ptr.contiguous(), float(cutoff), return_vectors)
 
 
@@ -124,7 +124,7 @@ def knn_cap(edge_i: Tensor, distances: Tensor, num_atoms: int, k: int, tol: floa
     if backend() == "ref":
         return reference.knn_cap(edge_i, distances, num_atoms, k, tol)
     require_device("knn_cap", edge_i)
-    return _native().knn_cap(edge_i.contiguous(), distances.contiguous(), num_atoms, k, tol)
+    return _lib().knn_cap(edge_i.contiguous(), distances.contiguous(), num_atoms, k, tol)
 
 
 def triplets(edge_i: Tensor, vectors: Tensor, num_atoms: int):
@@ -140,7 +140,7 @@ def triplets(edge_i: Tensor, vectors: Tensor, num_atoms: int):
     if backend() == "ref":
         return reference.triplets(edge_i, vectors, num_atoms)
     require_device("triplets", edge_i, vectors)
-    return _native().triplets(edge_i.contiguous(), vectors.contiguous(), num_atoms)
+    return _lib().triplets(edge_i.contiguous(), vectors.contiguous(), num_atoms)
 
 
 def _check_reduce(op: str, src: Tensor, reduce: str) -> None:
@@ -161,7 +161,7 @@ def scatter(src: Tensor, index: Tensor, dim_size: int, reduce: str = "sum") -> T
         return reference.scatter(src, index, dim_size, reduce)[0]
     require_device("scatter", src, index)
     flat = src.reshape(src.shape[0], -1)
-    out = _native().scatter(flat.contiguous(), index.contiguous(), dim_size, reduce)[0]
+    out = _lib().scatter(flat.contiguous(), index.contiguous(), dim_size, reduce)[0]
     return out.view(dim_size, *src.shape[1:])
 
 
@@ -175,7 +175,7 @@ def segment_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
         return reference.segment_csr(src, ptr, reduce)[0]
     require_device("segment_csr", src, ptr)
     flat = src.reshape(src.shape[0], -1)
-    out = _native().segment_csr(flat.contiguous(), ptr.contiguous(), reduce)[0]
+    out = _lib().segment_csr(flat.contiguous(), ptr.contiguous(), reduce)[0]
     return out.view(ptr.numel() - 1, *src.shape[1:])
 
 
@@ -189,5 +189,5 @@ def gather_mul_scatter(x: Tensor, w: Tensor, src_index: Tensor, dst_index: Tenso
     if backend() == "ref":
         return reference.gather_mul_scatter(x, w, src_index, dst_index, dim_size)
     require_device("gather_mul_scatter", x, w)
-    return _native().gather_mul_scatter(x.contiguous(), w.contiguous(), src_index.contiguous(),
+    return _lib().gather_mul_scatter(x.contiguous(), w.contiguous(), src_index.contiguous(),
                                         dst_index.contiguous(), dim_size)
