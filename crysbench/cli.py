@@ -24,6 +24,31 @@ def _cmd_bench_kernels(args: argparse.Namespace) -> int:
     return run_kernel_report(args.out, quick=args.quick, extra=args.pytest_args)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from crysbench import config as C
+    from crysbench.train.config import RunConfig
+    from crysbench.train.loop import run, run_dir
+
+    flags = {
+        "model.name": args.model, "model.size": args.size, "data.store": args.data,
+        "data.targets": args.target, "train.epochs": args.epochs, "optim.max_lr": args.max_lr,
+        "train.mixed_precision": args.mixed_precision, "data.batch_size": args.batch_size,
+        "train.max_steps": args.max_steps, "data.train_size": args.train_size, "train.seed": args.seed,
+        "out_dir": args.out,
+    }
+    overrides = [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in flags.items()
+                 if v is not None] + list(args.overrides)
+    cfg = C.load(RunConfig, args.config, overrides)
+    print(f"run {run_dir(cfg)}")
+    result = run(cfg, resume=not args.no_resume)
+    if result:
+        for name, m in result["test"].items():
+            print(f"test {name}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  R2 {m['r2']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crysbench", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -34,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small inputs, for a smoke run")
     p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest")
     p.set_defaults(func=_cmd_bench_kernels)
+    p = sub.add_parser("train", help="train one model (YAML config + flags + dotted overrides)")
+    p.add_argument("--config", help="YAML file with a RunConfig (data/model/optim/train sections)")
+    p.add_argument("--model", help="registered model name (cgcnn, alignn, transformer, equiformer, crysgnn)")
+    p.add_argument("--size", help="rung of the model's size ladder")
+    p.add_argument("--data", help="HDF5 graph store folder")
+    p.add_argument("--target", action="append", help="target property (repeat for several)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-lr", type=float)
+    p.add_argument("--batch-size", type=int, help="global batch in crystals")
+    p.add_argument("--train-size", type=int, help="use a nested training subset of this size")
+    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="runs folder (default runs/)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.schedule=onecycle")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

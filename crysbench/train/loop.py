@@ -1,0 +1,264 @@
+"""The training loop: set-up, loop, evaluate, checkpoint. Reads no globals and no argv.
+
+``run(cfg)`` trains one model described by a RunConfig into ``<out_dir>/<run_id>/``:
+config.yaml, metrics.jsonl (one record per epoch), final.json (test metrics + telemetry), ckpt/.
+A finished run (final.json present) is skipped; an unfinished one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from crysbench import config as C
+from crysbench import distributed
+from crysbench.train import checkpoint
+from crysbench.train.config import RunConfig
+from crysbench.train.metrics import masked_loss, regression_metrics
+from crysbench.train.schedule import make_scheduler
+
+
+def run_id(cfg: RunConfig) -> str:
+    return C.config_hash(cfg)
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.out_dir) / run_id(cfg)
+
+
+def _device(name: str, de: distributed.DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(f"cuda:{de.local_rank}" if name == "cuda" else name)
+
+
+def _autocast(device: torch.device, mode: str):
+    if mode == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def build_model(cfg: RunConfig, n_targets: int) -> torch.nn.Module:
+    from crysbench import models
+
+    return models.build(cfg.model.name, cfg.model.size, n_targets=n_targets)
+
+
+@torch.no_grad()
+def evaluate(model, batches, normalizer, names, device, precision) -> tuple[dict, dict]:
+    """Metrics in original units and the raw predictions (ids, y, ŷ) over an iterable of batches."""
+    model.eval()
+    preds, targets, masks, ids = [], [], [], []
+    for batch in batches:
+        batch = batch.to(device)
+        with _autocast(device, precision):
+            out = model(batch)
+        preds.append(normalizer.denorm(out.float()).cpu())
+        targets.append(batch.targets.cpu().double())
+        masks.append(batch.mask.cpu())
+        ids.extend(getattr(batch, "ids", None) or [])
+    model.train()
+    if not preds:
+        return {}, {}
+    p, t, m = torch.cat(preds), torch.cat(targets), torch.cat(masks)
+    return regression_metrics(p, t, m, names), {"ids": ids, "pred": p.tolist(), "target": t.tolist(),
+                                                "mask": m.tolist()}
+
+
+def _flops_per_crystal(model, batch, normalizer, loss_kind) -> float:
+    """Training FLOPs (forward + backward) per crystal, counted by torch on one batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(batch)
+        masked_loss(out, normalizer.norm(batch.targets), batch.mask, loss_kind).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / max(1, batch.num_crystals)
+
+
+def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
+    """Train one model; return the final record (also written to final.json)."""
+    # ---- set-up -----------------------------------------------------------------------------
+    from crysbench.train.data import make_run_data
+
+    de = distributed.detect()
+    device = _device(cfg.train.device, de)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    out = run_dir(cfg)
+    if (out / "final.json").exists():
+        return json.loads((out / "final.json").read_text())
+    distributed.init(de, device)
+    if de.is_main:
+        (out / "ckpt").mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(C.dump_yaml(cfg))
+    torch.manual_seed(cfg.train.seed)
+    data = make_run_data(cfg.data, de, seed=cfg.train.seed)
+    normalizer, names = data.normalizer, list(data.target_names)
+    model = build_model(cfg, len(names)).to(device)
+    core = model
+    if de.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(core)
+    opt = torch.optim.AdamW(core.parameters(), lr=cfg.optim.max_lr, weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = data.steps_per_epoch
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    sched = make_scheduler(opt, cfg.optim, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.mixed_precision == "fp16" else None
+    step, epoch, skip, history = 0, 0, 0, []
+    best = {"val_loss": float("inf"), "epoch": -1}
+    flops_per_crystal, crystals_seen, atoms_seen, train_time = None, 0, 0, 0.0
+    ckpt_path = out / "ckpt" / "last.pt"
+    if resume and ckpt_path.exists():
+        state = checkpoint.load(ckpt_path)
+        core.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+        best, history = state["best"], state["history"]
+        crystals_seen = history[-1]["crystals_seen"] if history else 0
+        log(f"resumed {out.name} at step {step} (epoch {epoch}, batch {skip})")
+
+    def save_ckpt(batch_in_epoch: int) -> None:
+        if de.is_main:
+            checkpoint.save(ckpt_path, model=core, optimizer=opt, scheduler=sched, scaler=scaler, step=step,
+                            epoch=epoch, batch_in_epoch=batch_in_epoch, best=best, history=history)
+
+    # ---- loop -------------------------------------------------------------------------------
+    stop = step >= total_steps
+    while epoch < cfg.train.epochs and not stop:
+        model.train()
+        t0, ep_loss, ep_n = time.perf_counter(), 0.0, 0
+        for k, batch in enumerate(data.train_batches(epoch)):
+            if k < skip:
+                continue  # already trained on before the interruption: same order, same seed
+            batch = batch.to(device)
+            if flops_per_crystal is None:
+                flops_per_crystal = _flops_per_crystal(core, batch, normalizer, cfg.train.loss)
+            with _autocast(device, cfg.train.mixed_precision):
+                pred = model(batch)
+            loss = masked_loss(pred.float(), normalizer.norm(batch.targets).float(), batch.mask,
+                               cfg.train.loss)
+            opt.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(opt)
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optim.grad_clip)
+            scaler.step(opt) if scaler else opt.step()
+            if scaler:
+                scaler.update()
+            sched.step()
+            step += 1
+            n_graphs = data.global_graphs(batch)
+            crystals_seen += n_graphs
+            atoms_seen += int(batch.numbers.shape[0]) * de.world_size
+            ep_loss, ep_n = ep_loss + float(loss) * n_graphs, ep_n + n_graphs
+            over_flops = cfg.train.max_flops and flops_per_crystal * crystals_seen >= cfg.train.max_flops
+            if step >= total_steps or over_flops:
+                stop = True
+                break
+            if step % cfg.train.ckpt_every == 0:
+                save_ckpt(k + 1)
+        train_time += time.perf_counter() - t0
+        skip = 0
+        epoch += 1
+        # ---- evaluate -----------------------------------------------------------------------
+        val = {}
+        if de.is_main:
+            val, _ = evaluate(core, data.val_batches(), normalizer, names, device, cfg.train.mixed_precision)
+        val_loss = _mean_norm_mae(val, normalizer, names)
+        record = {"epoch": epoch, "step": step, "train_loss": ep_loss / max(ep_n, 1), "val_loss": val_loss,
+                  "val": val, "lr": sched.get_last_lr()[0], "crystals_seen": crystals_seen,
+                  "epoch_time_s": time.perf_counter() - t0}
+        history.append(record)
+        if de.is_main:
+            if val_loss < best["val_loss"]:
+                best = {"val_loss": val_loss, "epoch": epoch}
+                checkpoint.atomic_save({"model": core.state_dict()}, out / "ckpt" / "best.pt")
+            _write_jsonl(out / "metrics.jsonl", history)
+            log(f"[{out.name}] epoch {epoch} step {step} train {record['train_loss']:.4f} val {val_loss:.4f}")
+        patience = cfg.train.early_stop_patience
+        if patience and epoch - best["epoch"] >= patience:
+            stop = True
+        stop = _agree(stop, de)
+        save_ckpt(0)
+
+    # ---- final evaluation on the best checkpoint -------------------------------------------------
+    result = {}
+    if de.is_main:
+        best_path = out / "ckpt" / "best.pt"
+        if best_path.exists():
+            core.load_state_dict(checkpoint.load(best_path)["model"])
+        test, preds = evaluate(core, data.test_batches(), normalizer, names, device, cfg.train.mixed_precision)
+        result = {
+            "run_id": out.name, "config": C.to_dict(cfg), "test": test, "best": best,
+            "n_params": sum(p.numel() for p in core.parameters()),
+            "n_train": data.n_train, "steps": step, "epochs": epoch,
+            "telemetry": _telemetry(flops_per_crystal, crystals_seen, atoms_seen, train_time, de, device, step),
+            "normalizer": normalizer.state(),
+        }
+        _write_json(out / "predictions.json", preds)
+        _write_json(out / "final.json", result)
+    if de.world_size > 1:
+        dist.barrier()
+    distributed.shutdown()
+    return result
+
+
+def _mean_norm_mae(val: dict, normalizer, names) -> float:
+    """Validation objective: MAE averaged over properties in standardized units."""
+    vals = [val[n]["mae"] / float(normalizer.std[p]) for p, n in enumerate(names)
+            if n in val and val[n]["mae"] is not None]
+    return sum(vals) / len(vals) if vals else float("inf")
+
+
+def _agree(flag: bool, de) -> bool:
+    """Every rank stops together (rank 0 decides early stopping)."""
+    if de.world_size == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def _write_jsonl(path: Path, records: list) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps) -> dict:
+    tel = {
+        "flops_per_crystal": flops_per_crystal,
+        "train_flops": (flops_per_crystal or 0.0) * crystals,
+        "graphs_per_s": crystals / seconds if seconds else None,
+        "atoms_per_s": atoms / seconds if seconds else None,
+        "wall_time_s": seconds, "steps": steps, "world_size": de.world_size, "device": str(device),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if device.type == "cuda":
+        tel["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return tel
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
