@@ -49,6 +49,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from crysbench.sweep import cli as sweep_cli
+
+    return sweep_cli.main(args)
+
+
+def _cmd_sweep_task(args: argparse.Namespace) -> int:
+    from crysbench.sweep.runner import run_index
+
+    run_index(args.plan, args.index)
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from crysbench.sweep.report import report_sweep
+
+    summary = report_sweep(args.plan, results=args.results)
+    print(summary["text"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crysbench", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -76,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.schedule=onecycle")
     p.set_defaults(func=_cmd_train)
+    from crysbench.sweep.cli import add_arguments
+
+    p = sub.add_parser("sweep", help="plan, launch and monitor a scaling-law sweep along one axis")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("sweep-task", help="train one point of a plan (the body of a Slurm array task)")
+    p.add_argument("plan", help="plan folder")
+    p.add_argument("index", type=int, help="point index (SLURM_ARRAY_TASK_ID)")
+    p.set_defaults(func=_cmd_sweep_task)
+    p = sub.add_parser("fit", help="fit L = a*x^-b (+ L_inf) to a finished sweep and write the report")
+    p.add_argument("plan", help="plan folder")
+    p.add_argument("--results", default="results/scaling", help="where points.csv/fit.json/plot.png go")
+    p.set_defaults(func=_cmd_fit)
     return parser
 
 

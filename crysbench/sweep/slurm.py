@@ -1,0 +1,90 @@
+"""Launching a plan on Slurm with submitit: one job array for the points (inside
+``executor.batch()``), then a fit/report job that depends on the array with ``afterok``.
+
+Site flags (partition, account, constraint, gres, time, …) pass straight through. Points that are
+preempted or timed out are requeued by submitit and resume from their checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmSite:
+    partition: str | None = None
+    account: str | None = None
+    constraint: str | None = None
+    gres: str | None = None
+    time_min: int = 60
+    cpus_per_task: int = 1
+    tasks_per_point: int = 1            # >1: DDP across the tasks of one job (one rank per task)
+    mem_gb: float | None = None
+    array_parallelism: int = 64
+    extra: tuple[str, ...] = ()         # more sbatch flags, KEY=VALUE, passed through untouched
+
+
+class PointTask:
+    """A picklable callable running one plan point; submitit calls ``checkpoint`` on preemption."""
+
+    def __init__(self, plan_dir: str):
+        self.plan_dir = plan_dir
+
+    def __call__(self, index: int) -> dict:
+        from crysbench.sweep.runner import run_index
+
+        return run_index(self.plan_dir, index)
+
+    def checkpoint(self, index: int):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(PointTask(self.plan_dir), index)  # resumes from ckpt
+
+
+def _fit_and_report(plan_dir: str) -> dict:
+    from crysbench.sweep.report import report_sweep
+
+    return report_sweep(plan_dir)
+
+
+def _executor(folder: Path, site: SlurmSite, name: str, cluster: str | None):
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    extra = dict(kv.split("=", 1) for kv in site.extra)
+    for key, value in (("account", site.account), ("constraint", site.constraint), ("gres", site.gres)):
+        if value:
+            extra[key] = value
+    params = {"timeout_min": site.time_min, "cpus_per_task": site.cpus_per_task,
+              "tasks_per_node": site.tasks_per_point, "nodes": 1, "name": name,
+              "slurm_array_parallelism": site.array_parallelism}
+    if cluster != "local":
+        params["slurm_additional_parameters"] = extra
+        if site.partition:
+            params["slurm_partition"] = site.partition
+        if site.mem_gb:
+            params["mem_gb"] = site.mem_gb
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit(plan_dir: str | Path, site: SlurmSite, indices: list[int], cluster: str | None = "slurm"):
+    """Submit ``indices`` as one array and a dependent fit job; returns (point jobs, fit job)."""
+    plan_dir = Path(plan_dir).resolve()
+    folder = plan_dir / "submitit"
+    ex = _executor(folder, site, f"crysbench-{plan_dir.name}", cluster)
+    task = PointTask(str(plan_dir))
+    with ex.batch():
+        jobs = [ex.submit(task, i) for i in indices]
+    fit_site = dataclasses.replace(site, tasks_per_point=1, gres=None, time_min=min(site.time_min, 30))
+    fit_ex = _executor(folder, fit_site, f"crysbench-fit-{plan_dir.name}", cluster)
+    if cluster != "local" and jobs:
+        deps = ":".join(j.job_id for j in jobs)
+        extra = dict(fit_ex.parameters.get("slurm_additional_parameters") or {}, dependency=f"afterok:{deps}")
+        fit_ex.update_parameters(slurm_additional_parameters=extra)
+    elif jobs:
+        for j in jobs:  # the local executor has no dependencies: wait here instead
+            j.result()
+    fit_job = fit_ex.submit(_fit_and_report, str(plan_dir))
+    return jobs, fit_job
