@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -147,8 +148,13 @@ def test_crystal_conversions_round_trip():
     np.testing.assert_allclose(via_ase.cell, c.cell)
     np.testing.assert_allclose(via_ase.positions, c.positions)
     np.testing.assert_array_equal(via_ase.numbers, c.numbers)
+    thawed = pickle.loads(pickle.dumps(c))  # records travel to ingest worker processes
+    assert thawed.id == "skew" and thawed.targets == {"y": 1.5} and thawed.provenance == c.provenance
+    np.testing.assert_array_equal(thawed.positions, c.positions)
     with pytest.raises(ValueError, match="shape"):
         Crystal(id="x", cell=np.eye(2), positions=np.zeros((1, 3)), numbers=[1])
+    with pytest.raises(ValueError, match="2 atomic numbers for 1 positions"):
+        Crystal(id="x", cell=np.eye(3), positions=np.zeros((1, 3)), numbers=[1, 2])
 
 
 def test_disordered_structure_is_rejected():

@@ -144,7 +144,9 @@ def read(source: Any, format: str, targets: Sequence[str] | None = None,
     Args:
         source: file or folder path, or a list of objects for ``format="memory"``.
         format: a name from ``available_formats()``.
-        targets: property names to keep; None keeps every finite numeric property found.
+        targets: property names to keep; None keeps every finite numeric property found. For the
+            header-less id_prop.csv formats (cgcnn, alignn) they name the value columns in order
+            (default names: ``target``, or ``target_0``, ``target_1``, ... for several columns).
         on_error: "fail" raises the first ``RecordError``; "skip" drops bad records and lists them
             in ``Reading.skipped`` (see ``write_skip_report``).
         require_targets: when True a requested target that is missing/NaN/inf makes the record bad;
