@@ -1,0 +1,51 @@
+"""Named sweep presets: `quick` runs in minutes on a 2-core laptop; `full` is the committed study."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from crysbench.sweep.plan import SweepConfig
+from crysbench.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+
+QUICK_TARGET = "formation_energy_per_atom"
+
+
+def _smallest(model: str) -> str:
+    from crysbench import models
+
+    return next(iter(models.REGISTRY[model].size_ladder()))
+
+
+def quick(axis: str, model: str) -> SweepConfig:
+    base = RunConfig(
+        data=DataConfig(targets=(QUICK_TARGET,), batch_size=32),
+        model=ModelConfig(name=model, size=_smallest(model)),
+        optim=OptimConfig(max_lr=3e-3, schedule="cosine"),
+        train=TrainConfig(epochs=12, ckpt_every=50, threads=1),
+    )
+    return SweepConfig(axis=axis, base=base, seeds=(0, 1, 2), data_sizes=(64, 128, 256, 512, 1024),
+                       flop_budgets=(1e11, 3e11, 1e12))
+
+
+def full(axis: str, model: str) -> SweepConfig:
+    q = quick(axis, model)
+    base = dataclasses.replace(q.base, train=dataclasses.replace(q.base.train, epochs=40, early_stop_patience=8))
+    return dataclasses.replace(q, base=base, data_sizes=(), min_size=128, flop_budgets=(1e12, 3e12, 1e13, 3e13))
+
+
+PRESETS = {"quick": quick, "full": full}
+
+
+def resolve_store(path: str | None) -> str:
+    """A store folder: the given one, or the built-in dataset's store (ingested once into a cache)."""
+    if path:
+        if not Path(path, "manifest.json").exists():
+            raise FileNotFoundError(f"{path}: not a crysbench store (no manifest.json); make one with "
+                                    "`python -m crysbench ingest`")
+        return str(Path(path).resolve())
+    from crysbench.datasets import builtin_store
+
+    cache = Path(os.environ.get("CRYSBENCH_CACHE", Path.home() / ".cache" / "crysbench"))
+    return str(builtin_store(cache))
