@@ -220,6 +220,13 @@ def test_gradients_reach_every_parameter(name, base):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_float32_model_takes_float64_graph(name, base):
+    m64 = model(name)
+    m32 = model(name).float()
+    assert_close(m32(base[1]).double(), m64(base[1]), f"{name}: float32 vs float64", tol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_size_ladder(name):
     cls = MODELS[name]
     counts = {rung: cls(config).n_params() for rung, config in cls.size_ladder().items()}

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from crysbench import ops
 from crysbench.features import atom_feature_table
-from crysbench.graph import GraphBatch
+from crysbench.graph import GraphBatch, edge_vectors
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class CrystalModel(nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, "
                             f"got {type(config).__name__}")
         self.config = config
+
+    def edge_vectors(self, batch: GraphBatch) -> Tensor:
+        """Edge vectors [E, 3] Å in the model's dtype (a float32 model accepts a float64 graph)."""
+        return edge_vectors(batch).to(next(self.parameters()).dtype)
 
     def node_embeddings(self, batch: GraphBatch) -> Tensor:
         """Per-atom invariant embeddings [N, D] (what distillation matches and pooling averages)."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crysbench import ops
-from crysbench.graph import GraphBatch, edge_vectors, triplet_cosines
+from crysbench.graph import GraphBatch, triplet_cosines
 from crysbench.models import register
 from crysbench.models._common import AtomEmbedding, CrystalModel, GaussianBasis, ModelConfig
 
@@ -96,7 +96,7 @@ class ALIGNN(CrystalModel):
         self.out = nn.Linear(w, config.n_targets)
 
     def node_embeddings(self, batch: GraphBatch) -> Tensor:
-        vectors = edge_vectors(batch)
+        vectors = self.edge_vectors(batch)
         h = self.embed(batch.numbers)
         e = self.bond_embed(self.bond_rbf(vectors.norm(dim=1)))
         t = self.angle_embed(self.angle_rbf(triplet_cosines(batch, vectors))) if self.alignn_layers else None

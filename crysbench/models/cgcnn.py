@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crysbench import ops
-from crysbench.graph import GraphBatch, edge_vectors
+from crysbench.graph import GraphBatch
 from crysbench.models import register
 from crysbench.models._common import AtomEmbedding, CrystalModel, GaussianBasis, ModelConfig
 
@@ -62,7 +62,7 @@ class CGCNN(CrystalModel):
         self.out = nn.Linear(sizes[-1], config.n_targets)
 
     def node_embeddings(self, batch: GraphBatch) -> Tensor:
-        edge_attr = self.rbf(edge_vectors(batch).norm(dim=1))
+        edge_attr = self.rbf(self.edge_vectors(batch).norm(dim=1))
         edge_ptr = batch.edge_ptr()
         h = self.embed(batch.numbers)
         for conv in self.convs:

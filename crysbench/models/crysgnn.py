@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crysbench import ops
-from crysbench.graph import GraphBatch, edge_vectors
+from crysbench.graph import GraphBatch
 from crysbench.models import register
 from crysbench.models._common import AtomEmbedding, CrystalModel, GaussianBasis, ModelConfig
 
@@ -71,7 +71,7 @@ class CrysGNN(CrystalModel):
         """Node embeddings [N, width] and edge embeddings [E, edge_width]."""
         edge_ptr = batch.edge_ptr()
         h = self.embed(batch.numbers)
-        e = self.edge_embed(self.rbf(edge_vectors(batch).norm(dim=1)))
+        e = self.edge_embed(self.rbf(self.edge_vectors(batch).norm(dim=1)))
         for layer in self.layers:
             h, e = layer(h, e, batch, edge_ptr)
         return h, e

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crysbench import ops
-from crysbench.graph import GraphBatch, edge_vectors
+from crysbench.graph import GraphBatch
 from crysbench.models import register
 from crysbench.models._common import (
     AtomEmbedding,
@@ -154,7 +154,7 @@ class Equiformer(CrystalModel):
 
     def features(self, batch: GraphBatch) -> tuple[Tensor, Tensor]:
         """Final scalar [N, C] (invariant) and vector [N, 3, C] (equivariant) features."""
-        vec = edge_vectors(batch)
+        vec = self.edge_vectors(batch)
         dist = vec.norm(dim=1)
         rhat, rbf = vec / dist[:, None], self.rbf(dist)
         s = self.embed(batch.numbers)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crysbench import ops
-from crysbench.graph import GraphBatch, edge_vectors
+from crysbench.graph import GraphBatch
 from crysbench.models import register
 from crysbench.models._common import (
     AtomEmbedding,
@@ -86,7 +86,7 @@ class CrystalTransformer(CrystalModel):
         self.out = mlp([config.width, config.width, config.n_targets])
 
     def node_embeddings(self, batch: GraphBatch) -> Tensor:
-        rbf = self.rbf(edge_vectors(batch).norm(dim=1))
+        rbf = self.rbf(self.edge_vectors(batch).norm(dim=1))
         h = self.embed(batch.numbers)
         for block in self.blocks:
             h = block(h, rbf, batch)
