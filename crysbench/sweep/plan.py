@@ -43,7 +43,7 @@ def powers_of_two(lo: int, hi: int) -> list[int]:
 def _ladder(model: str) -> list[str]:
     from crysbench import models
 
-    return list(models.REGISTRY[model].size_ladder().keys())
+    return list(models.get(model).size_ladder().keys())
 
 
 def expand(sweep: SweepConfig, n_train: int | None = None) -> list[dict]:

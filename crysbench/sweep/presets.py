@@ -15,7 +15,7 @@ QUICK_TARGET = "formation_energy_per_atom"
 def _smallest(model: str) -> str:
     from crysbench import models
 
-    return next(iter(models.REGISTRY[model].size_ladder()))
+    return next(iter(models.get(model).size_ladder()))
 
 
 def quick(axis: str, model: str) -> SweepConfig:

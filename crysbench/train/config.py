@@ -21,7 +21,7 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = "cgcnn"
-    size: str = "S"                       # a rung of the model's size ladder
+    size: str = "s"                       # a rung of the model's size ladder
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,7 +52,10 @@ def _write_json(path: Path, obj) -> None:
 def build_model(cfg: RunConfig, n_targets: int) -> torch.nn.Module:
     from crysbench import models
 
-    return models.build(cfg.model.name, cfg.model.size, n_targets=n_targets)
+    ladder = models.get(cfg.model.name).size_ladder(n_targets=n_targets)
+    if cfg.model.size not in ladder:
+        raise ValueError(f"model {cfg.model.name!r} has no size {cfg.model.size!r}; ladder: {list(ladder)}")
+    return models.build(cfg.model.name, ladder[cfg.model.size])
 
 
 @torch.no_grad()
