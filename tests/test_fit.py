@@ -144,6 +144,10 @@ def test_verdict_too_few_points():
     v = compare_forms(x, y, g, axis="N", n_boot=20).verdict
     assert not v["supported"] and v["n_points"] == 3
     assert "too few points: 3 N values (need >= 4)" in v["reason"]
+    two = compare_forms(x[g < 2], y[g < 2], g[g < 2], axis="N", n_boot=20)
+    assert two.offset is None and "offset form needs >= 3 distinct N" in two.statement
+    assert "too few points: 2 N values" in two.verdict["reason"]
+    json.dumps(two.to_dict(), allow_nan=False)
 
 
 def test_verdict_too_narrow_range():

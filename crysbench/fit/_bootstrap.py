@@ -9,6 +9,10 @@ Two resampling schemes:
   rescaling bootstrap for stratified samples (Rao & Wu 1988, JASA 83:231), a drawn run's log loss
   is moved away from its point's mean by sqrt(n / (n - 1)), which undoes that shrinkage.
 - points (no groups, or every group has a single run): rows are drawn with replacement.
+Measured on synthetic pure power laws (6 points over 2 decades, log-normal noise sd 0.1, 150
+studies, 200 replicates): nominal 95 % beta intervals covered the truth in 91 % of studies with 3
+seeds per point and 95 % with 5 seeds; offset form, 4 seeds, 60 studies: 95 % / 93 % / 95 % for
+alpha / beta / L_inf.
 Each replicate is refit from the full-data estimate with the full-data Huber scale.
 """
 
