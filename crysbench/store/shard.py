@@ -162,11 +162,11 @@ def _chunks(atom_ptr: np.ndarray, budget: int):
 
 
 def _smallest_int(values: np.ndarray, name: str) -> np.ndarray:
-    big = int(np.abs(values).max()) if values.size else 0
+    lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
     for dtype in (np.int8, np.int16, np.int32):
-        if big <= np.iinfo(dtype).max:
+        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
             return values.astype(dtype)
-    raise ValueError(f"{name} values up to {big} do not fit int32")
+    raise ValueError(f"{name} values in [{lo}, {hi}] do not fit int32")
 
 
 def add_graphs(arrays: dict, spec: GraphSpec) -> dict:
