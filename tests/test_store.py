@@ -330,3 +330,23 @@ def test_filter_pool(tmp_path):
     kept = splits.filter_pool(tmp_path / "pool", tmp_path / "test", test_indices=[0, 1, 3])
     assert kept.tolist() == [2]  # rot, super, strain match NaCl; 'fe' shares an id with the test set
     assert splits.filter_pool(["a", "b", "c"], ["b"]).tolist() == [0, 2]
+
+
+def fake_read(source, format, targets=None, on_error="fail"):
+    """Stands in for crysbench.data.readers.read (module level, so spawned workers can import it)."""
+    assert format == "fake" and on_error == "skip"
+    return make_crystals()
+
+
+def test_ingest_verb_one_and_two_workers(tmp_path, store):
+    from crysbench.store.cli import ingest
+
+    import hashlib
+
+    src = tmp_path / "src.txt"
+    src.write_text("source bytes")
+    m = ingest(str(src), "fake", tmp_path / "a", SPEC, on_error="skip", shard_size=5, reader=fake_read)
+    assert m["n_crystals"] == 23 and checksums(tmp_path / "a") == checksums(store)
+    assert m["sources"] == [{"path": str(src), "sha256": hashlib.sha256(b"source bytes").hexdigest()}]
+    ingest(str(src), "fake", tmp_path / "b", SPEC, on_error="skip", shard_size=5, workers=2, reader=fake_read)
+    assert checksums(tmp_path / "b") == checksums(store)

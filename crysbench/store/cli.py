@@ -46,11 +46,12 @@ def _progress(rank: int, total: int | None = None):
 
 
 def _ingest_rank(source, format: str, out: str, spec: GraphSpec, on_error: str, shard_size: int,
-                 targets, rank: int, world: int, barrier, resume: bool) -> dict | None:
-    from crysbench.data.readers import read  # the readers are an optional layer above the store
+                 targets, rank: int, world: int, barrier, resume: bool, reader=None) -> dict | None:
     from crysbench.store.writer import write_store
 
-    reading = read(source, format, targets=targets, on_error=on_error)
+    if reader is None:
+        from crysbench.data.readers import read as reader  # the readers are a layer above the store
+    reading = reader(source, format, targets=targets, on_error=on_error)
     sources = [source] if isinstance(source, (str, os.PathLike)) else []
     bar, update = _progress(rank)
     try:
@@ -68,31 +69,33 @@ def _ingest_rank(source, format: str, out: str, spec: GraphSpec, on_error: str, 
 
 def ingest(source, format: str, out: str | os.PathLike, graph_spec: GraphSpec = GraphSpec(),
            on_error: str = "fail", shard_size: int = 1000, targets: list[str] | None = None,
-           workers: int = 1, resume: bool = True) -> dict | None:
+           workers: int = 1, resume: bool = True, reader=None) -> dict | None:
     """Read ``source`` with crysbench.data.readers and write a store in ``out``.
 
     Under MPI (mpi4py, > 1 rank) each rank writes its shards and rank 0 the manifest; otherwise
     ``workers`` > 1 spawns that many local processes doing the same. Returns the manifest (rank 0).
+    ``reader(source, format, targets=, on_error=)`` replaces crysbench.data.readers.read (tests).
     """
     mpi = _mpi_world()
     if mpi is not None:
         rank, size, barrier = mpi
         return _ingest_rank(source, format, str(out), graph_spec, on_error, shard_size, targets, rank, size,
-                            barrier, resume)
+                            barrier, resume, reader)
     if workers <= 1:
         return _ingest_rank(source, format, str(out), graph_spec, on_error, shard_size, targets, 0, 1, None,
-                            resume)
+                            resume, reader)
     return _ingest_processes(source, format, str(out), graph_spec, on_error, shard_size, targets, workers,
-                             resume)
+                             resume, reader)
 
 
-def _ingest_processes(source, format, out, spec, on_error, shard_size, targets, workers, resume):
+def _ingest_processes(source, format, out, spec, on_error, shard_size, targets, workers, resume, reader):
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(workers)
     procs = [ctx.Process(target=_ingest_rank, args=(source, format, out, spec, on_error, shard_size, targets,
-                                                    r, workers, barrier.wait, resume)) for r in range(workers)]
+                                                    r, workers, barrier.wait, resume, reader))
+             for r in range(workers)]
     for p in procs:
         p.start()
     for p in procs:
