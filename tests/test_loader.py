@@ -155,7 +155,8 @@ def test_sampler_pads_only_when_it_must():
     dropped = [list(AtomBudgetBatchSampler([6, 6, 6], 10, rank=r, world=2, drop_last=True)) for r in range(2)]
     assert [len(b) for b in dropped] == [1, 1] and len({b[0][0] for b in dropped}) == 2
     padded = [list(AtomBudgetBatchSampler([6, 6, 6], 10, rank=r, world=2)) for r in range(2)]
-    assert [len(b) for b in padded] == [2, 2] and sorted({k for b in padded for x in b for k in x}) == [0, 1, 2]
+    assert [len(b) for b in padded] == [2, 2]
+    assert sorted({k for b in padded for x in b for k in x}) == [0, 1, 2]
     split = [list(AtomBudgetBatchSampler([3, 3, 3], 10, rank=r, world=2)) for r in range(2)]
     assert sorted(k for b in split for x in b for k in x) == [0, 1, 2]  # split, not padded
 

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import crysbench.ops as ops
-from crysbench.store import GraphSpec, StoreError, open_store, write_store
+from crysbench.store import GraphSpec, StoreError, open_store, splits, write_store
 from crysbench.store import shard as shard_mod
-from crysbench.store import splits
 from crysbench.synthetic import random_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,9 +124,11 @@ def test_symmetry_labels_known_cells():
     fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) * a
     assert shard_mod.symmetry_labels(np.eye(3) * a, fcc, np.full(4, 29), (True,) * 3) == (225, 6)
     hexagonal = np.array([[3.0, 0, 0], [-1.5, 1.5 * 3**0.5, 0], [0, 0, 5.0]])
-    assert shard_mod.symmetry_labels(hexagonal, np.zeros((1, 3)), np.array([6]), (True,) * 3) == (191, 5)
-    assert [shard_mod.crystal_system(s) for s in (1, 2, 3, 15, 16, 74, 75, 142, 143, 167, 168, 194, 195, 230)] \
-        == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    labels = shard_mod.symmetry_labels(hexagonal, np.zeros((1, 3)), np.array([6]), (True,) * 3)
+    assert labels == (191, 5)
+    edges = (1, 2, 3, 15, 16, 74, 75, 142, 143, 167, 168, 194, 195, 230)
+    assert [shard_mod.crystal_system(s) for s in edges] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert shard_mod.crystal_system(0) == -1
 
 
 def test_shift_dtype_fits_range():
@@ -140,7 +141,8 @@ def test_bad_records_name_the_crystal(tmp_path, crystals):
     bad = [*crystals[:3], Crystal("broken", np.eye(3), np.zeros((2, 3)), np.array([1]))]
     with pytest.raises(ValueError, match=r"crystal 3 \(id 'broken'\)"):
         write_store(bad, tmp_path, SPEC, shard_size=2)
-    extra = [*crystals[:3], Crystal("x", np.eye(3) * 3, np.zeros((1, 3)), np.array([1]), targets={"new": 1.0})]
+    new = Crystal("x", np.eye(3) * 3, np.zeros((1, 3)), np.array([1]), targets={"new": 1.0})
+    extra = [*crystals[:3], new]
     with pytest.raises(ValueError, match="'new'.*not among the store's target_names"):
         write_store(extra, tmp_path, SPEC, target_names=["e_form", "gap"], shard_size=2)
 
@@ -239,7 +241,8 @@ def test_schema_version_checked(tmp_path, store):
 def test_two_ranks_match_one_rank(tmp_path, store, crystals):
     out = tmp_path / "s"
     calls = []
-    assert write_store(crystals, out, SPEC, shard_size=5, rank=1, world=2, barrier=lambda: calls.append(1)) is None
+    rank1 = write_store(crystals, out, SPEC, shard_size=5, rank=1, world=2, barrier=lambda: calls.append(1))
+    assert rank1 is None
     assert sorted(p.name for p in out.glob("*.h5")) == ["shard-00001.h5", "shard-00003.h5"]
     with pytest.raises(StoreError):  # rank 0 alone, before rank 1 finished, must not publish
         write_store(crystals, tmp_path / "t", SPEC, shard_size=5, rank=0, world=2)
@@ -339,9 +342,9 @@ def fake_read(source, format, targets=None, on_error="fail"):
 
 
 def test_ingest_verb_one_and_two_workers(tmp_path, store):
-    from crysbench.store.cli import ingest
-
     import hashlib
+
+    from crysbench.store.cli import ingest
 
     src = tmp_path / "src.txt"
     src.write_text("source bytes")

@@ -67,7 +67,7 @@ def _ingest_rank(source, format: str, out: str, spec: GraphSpec, on_error: str, 
     return manifest
 
 
-def ingest(source, format: str, out: str | os.PathLike, graph_spec: GraphSpec = GraphSpec(),
+def ingest(source, format: str, out: str | os.PathLike, graph_spec: GraphSpec | None = None,
            on_error: str = "fail", shard_size: int = 1000, targets: list[str] | None = None,
            workers: int = 1, resume: bool = True, reader=None) -> dict | None:
     """Read ``source`` with crysbench.data.readers and write a store in ``out``.
@@ -76,6 +76,7 @@ def ingest(source, format: str, out: str | os.PathLike, graph_spec: GraphSpec = 
     ``workers`` > 1 spawns that many local processes doing the same. Returns the manifest (rank 0).
     ``reader(source, format, targets=, on_error=)`` replaces crysbench.data.readers.read (tests).
     """
+    graph_spec = graph_spec or GraphSpec()
     mpi = _mpi_world()
     if mpi is not None:
         rank, size, barrier = mpi
@@ -116,7 +117,7 @@ def _distribution(values: np.ndarray) -> dict:
         return {"count": 0}
     q = np.percentile(values, [0, 5, 25, 50, 75, 95, 100])
     return {"count": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
-            **{k: float(v) for k, v in zip(("min", "p5", "p25", "median", "p75", "p95", "max"), q, strict=True)}}
+            **dict(zip(("min", "p5", "p25", "median", "p75", "p95", "max"), q.tolist(), strict=True))}
 
 
 def describe(store, png: str | os.PathLike | None = None) -> dict:
@@ -210,7 +211,8 @@ def describe_main(args: argparse.Namespace) -> int:
 def add_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="store folder")
     p.add_argument("--name", default="default")
-    p.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
+                   metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subsets", type=int, nargs="*", default=[], help="nested training subset sizes")
     p.add_argument("--no-dedup", action="store_true", help="skip StructureMatcher duplicate grouping")

@@ -165,7 +165,8 @@ def collate_records(records: Sequence[dict], dtype: torch.dtype = torch.float64,
         n_trip = np.array([len(r["triplets"]) for r in records])
         trip = np.concatenate([r["triplets"] for r in records]).astype(np.int64).reshape(-1, 2)
         trip += np.repeat(eptr[:-1], n_trip)[:, None]
-        out["edge_a"], out["edge_b"] = t(np.ascontiguousarray(trip[:, 0])), t(np.ascontiguousarray(trip[:, 1]))
+        out["edge_a"] = t(np.ascontiguousarray(trip[:, 0]))
+        out["edge_b"] = t(np.ascontiguousarray(trip[:, 1]))
     if with_index:
         out["index"] = torch.tensor([r["index"] for r in records], dtype=torch.long)
     return out

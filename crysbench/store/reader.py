@@ -88,7 +88,8 @@ def open_store(path: str | os.PathLike | Store, verify: bool = True) -> Store:
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise StoreError(f"{path}: no {MANIFEST}; not a store, or its ingest did not finish (rerun it to resume)")
+        raise StoreError(f"{path}: no {MANIFEST}; not a store, or its ingest did not finish "
+                         "(rerun the ingest to resume it)")
     manifest = read_json(manifest_path)
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
@@ -104,8 +105,10 @@ def _check_shard(file: Path, entry: dict, verify: bool) -> None:
         raise StoreError(f"shard {file} listed in the manifest is missing")
     size = file.stat().st_size
     if size != entry["bytes"]:
-        raise StoreError(f"shard {file}: {size} bytes, manifest expects {entry['bytes']} (truncated or changed)")
+        raise StoreError(f"shard {file}: {size} bytes, manifest expects {entry['bytes']} "
+                         "(truncated or changed)")
     if verify:
         actual = sha256_file(file)
         if actual != entry["sha256"]:
-            raise StoreError(f"shard {file} is corrupted: sha256 {actual}, manifest expects {entry['sha256']}")
+            raise StoreError(f"shard {file} is corrupted: sha256 {actual}, "
+                             f"manifest expects {entry['sha256']}")

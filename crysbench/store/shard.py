@@ -183,7 +183,9 @@ def add_graphs(arrays: dict, spec: GraphSpec) -> dict:
                          local_ptr, spec)
         stats = {k: stats[k] + g[k] for k in stats}
         parts.append(_localise(g, local_ptr, hi - lo, spec.triplets))
-    cat = (lambda key: np.concatenate([p[key] for p in parts]))
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts])
+
     arrays["edge_ptr"] = np.concatenate([[0], np.cumsum(cat("edge_counts"))]).astype(np.int64)
     arrays["edge_index"] = cat("edge_index").astype(np.int32).reshape(-1, 2)
     arrays["shifts"] = _smallest_int(cat("shifts").reshape(-1, 3), "cell shifts")
@@ -220,6 +222,7 @@ def write_shard(path: str, arrays: dict, spec: GraphSpec, target_names: list[str
 def read_shard(path: str, with_triplets: bool = True) -> dict:
     """Every dataset of a shard as numpy arrays (ids as a list of str)."""
     with h5py.File(path, "r") as f:
-        out = {name: f[name][()] for name in DATASETS if name in f and (with_triplets or "triplet" not in name)}
+        wanted = [n for n in DATASETS if n in f and (with_triplets or "triplet" not in n)]
+        out = {name: f[name][()] for name in wanted}
         out["ids"] = [s for s in f["ids"].asstr()[()]]
     return out

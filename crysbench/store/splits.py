@@ -24,7 +24,8 @@ def random_split(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int
                  groups: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Sorted index arrays 'train'/'val'/'test' of ``n`` items; whole ``groups`` stay in one part."""
     if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"random_split: fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+        raise ValueError(f"random_split: fractions must be 3 non-negative numbers summing to 1, "
+                         f"got {fractions}")
     labels = np.arange(n) if groups is None else np.asarray(groups)
     if labels.shape != (n,):
         raise ValueError(f"random_split: groups must have one label per item ({n}), got {labels.shape}")
@@ -71,7 +72,7 @@ def _store_geometry(store: Store, wanted: set[int] | None = None):
         for b in range(len(ptr) - 1):
             if wanted is None or lo + b in wanted:
                 sl = slice(ptr[b], ptr[b + 1])
-                yield lo + b, numbers[sl], None if pos is None else pos[sl], None if cells is None else cells[b]
+                yield lo + b, numbers[sl], pos[sl], cells[b]
 
 
 def _composition_groups(store: Store) -> dict[tuple, list[int]]:
@@ -182,14 +183,15 @@ def load_split(store, name: str = "default") -> dict[str, np.ndarray]:
         raise StoreError(f"{path}: no split named {name!r} (known: {sorted(st.manifest.get('splits', {}))})")
     body = read_json(path)
     if body["store_fingerprint"] != st.fingerprint():
-        raise StoreError(f"{path} was made for another store content (fingerprint {body['store_fingerprint']}, "
+        raise StoreError(f"{path} was made for another store content (fingerprint "
+                         f"{body['store_fingerprint']}, "
                          f"this store {st.fingerprint()}); remake the split")
     return {k: np.asarray(v, dtype=np.int64) for k, v in body["parts"].items()}
 
 
 def make_split(store, name: str = "default", fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
                subset_sizes: Sequence[int] = (), dedup: bool = True) -> dict[str, np.ndarray]:
-    """Dedup-aware seeded split plus nested training subsets ('train_<size>'), written next to the manifest."""
+    """Dedup-aware seeded split plus nested 'train_<size>' subsets, written next to the manifest."""
     st = open_store(store, verify=False)
     groups = duplicate_groups(st) if dedup else None
     parts = random_split(len(st), fractions, seed, groups)

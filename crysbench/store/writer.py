@@ -91,7 +91,7 @@ def _infer_targets(first: list) -> list[str]:
     return sorted({k for c in first for k in (c.targets or {})})
 
 
-def write_store(crystals: Iterable, out_dir: str | os.PathLike, graph_spec: GraphSpec = GraphSpec(),
+def write_store(crystals: Iterable, out_dir: str | os.PathLike, graph_spec: GraphSpec | None = None,
                 target_names: list[str] | None = None, shard_size: int = 1000,
                 source_files: list[str | os.PathLike] = (), resume: bool = True, rank: int = 0,
                 world: int = 1, barrier: Callable[[], None] | None = None,
@@ -106,6 +106,7 @@ def write_store(crystals: Iterable, out_dir: str | os.PathLike, graph_spec: Grap
     if shard_size < 1 or not 0 <= rank < world:
         raise ValueError(f"write_store: need shard_size >= 1 and 0 <= rank < world, got {shard_size}, "
                          f"{rank}, {world}")
+    graph_spec = graph_spec or GraphSpec()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0 and (out / MANIFEST).exists():
