@@ -21,6 +21,8 @@ from crysbench.store.reader import open_store
 from crysbench.store.shard import read_shard
 
 WHOLE_SHARD_FRACTION = 0.05  # load a shard whole when a request needs at least this share of it
+MAX_OPEN_SHARDS = 64  # shards whose files (and small per-crystal arrays) stay open for slice reads
+SMALL_DATASETS = ("atom_ptr", "edge_ptr", "triplet_ptr", "cells", "pbc", "targets", "mask")
 COLLATE_KEYS = ("numbers", "positions", "cells", "pbc", "ptr", "batch", "edge_i", "edge_j", "shifts",
                 "edge_a", "edge_b", "targets", "mask")
 
@@ -67,12 +69,12 @@ class StoreDataset(Dataset):
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._handles: dict = {}
+        self._handles: OrderedDict = OrderedDict()
         self._cache: OrderedDict = OrderedDict()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"], state["_cache"], state["_pid"] = {}, OrderedDict(), None
+        state["_handles"], state["_cache"], state["_pid"] = OrderedDict(), OrderedDict(), None
         return state
 
     def __len__(self) -> int:
@@ -88,9 +90,12 @@ class StoreDataset(Dataset):
         ks = np.asarray(ks, dtype=np.int64)
         shards, local = self.shard_of[ks], self.local[ks]
         out: list = [None] * len(ks)
-        for s in np.unique(shards):
+        uniq, counts = np.unique(shards, return_counts=True)
+        whole_ok = set(uniq[np.argsort(-counts, kind="stable")[: self.cache_shards]].tolist())
+        for s, n in zip(uniq.tolist(), counts.tolist(), strict=True):
             where = np.nonzero(shards == s)[0]
-            src = self._source(int(s), len(where))
+            # a request spread over more shards than the cache holds reads the rest by slices
+            src = self._source(s, n if s in whole_ok else 0)
             for w in where:
                 out[w] = self._record(src, int(local[w]), int(self.indices[ks[w]]))
         return out
@@ -103,18 +108,29 @@ class StoreDataset(Dataset):
         shard_n = int(self.offsets[s + 1] - self.offsets[s])
         if n_wanted < WHOLE_SHARD_FRACTION * shard_n:
             return self._handle(s)
-        arrays = read_shard(self.files[s], with_triplets=self.triplets)
+        arrays = read_shard(self.files[s], with_triplets=self.triplets, with_ids=False)
         self._cache[s] = arrays
         if len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
         return arrays
 
-    def _handle(self, s: int):
+    def _handle(self, s: int) -> dict:
+        """Small per-crystal arrays of shard ``s`` in memory, big per-atom/edge ones as open datasets.
+
+        A crystal then costs 4-5 slice reads; at most ``MAX_OPEN_SHARDS`` files stay open.
+        """
         import h5py
 
-        if s not in self._handles:
-            self._handles[s] = h5py.File(self.files[s], "r")
-        return self._handles[s]
+        if s in self._handles:
+            self._handles.move_to_end(s)
+            return self._handles[s]
+        f = h5py.File(self.files[s], "r")
+        view = {name: (f[name][()] if name in SMALL_DATASETS else f[name]) for name in f if name != "ids"}
+        view["_file"] = f
+        self._handles[s] = view
+        if len(self._handles) > MAX_OPEN_SHARDS:
+            self._handles.popitem(last=False)[1]["_file"].close()
+        return view
 
     def _record(self, src, b: int, index: int) -> dict:
         a0, a1 = (int(x) for x in src["atom_ptr"][b:b + 2])
@@ -203,9 +219,12 @@ class AtomBudgetBatchSampler(Sampler):
 
     @classmethod
     def from_dataset(cls, dataset: StoreDataset, max_atoms: int, max_edges: int | None = None,
-                     window: int | None = 4, **kw) -> AtomBudgetBatchSampler:
+                     window: int | None = None, **kw) -> AtomBudgetBatchSampler:
+        """Sizes and shards from ``dataset``; ``window`` defaults to its ``cache_shards`` (so each
+        worker loads every shard about once per epoch); ``window=0`` shuffles globally."""
+        window = dataset.cache_shards if window is None else window
         return cls(dataset.n_atoms, max_atoms, dataset.n_edges, max_edges, groups=dataset.shard_of,
-                   window=window, **kw)
+                   window=window or None, **kw)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -219,10 +219,11 @@ def write_shard(path: str, arrays: dict, spec: GraphSpec, target_names: list[str
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def read_shard(path: str, with_triplets: bool = True) -> dict:
-    """Every dataset of a shard as numpy arrays (ids as a list of str)."""
+def read_shard(path: str, with_triplets: bool = True, with_ids: bool = True) -> dict:
+    """Every dataset of a shard as numpy arrays (ids as a list of str unless ``with_ids`` is False)."""
     with h5py.File(path, "r") as f:
         wanted = [n for n in DATASETS if n in f and (with_triplets or "triplet" not in n)]
         out = {name: f[name][()] for name in wanted}
-        out["ids"] = [s for s in f["ids"].asstr()[()]]
+        if with_ids:
+            out["ids"] = list(f["ids"].asstr()[()])
     return out
