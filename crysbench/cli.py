@@ -97,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.schedule=onecycle")
     p.set_defaults(func=_cmd_train)
+    from crysbench.store import cli as store_cli
+
+    p = sub.add_parser("ingest", help="read real files into an HDF5 graph store")
+    store_cli.add_ingest_args(p)
+    p.set_defaults(func=store_cli.ingest_main)
+    p = sub.add_parser("describe", help="counts, target distributions and symmetry histograms of a store")
+    store_cli.add_describe_args(p)
+    p.set_defaults(func=store_cli.describe_main)
+    p = sub.add_parser("split", help="seeded, dedup-aware train/val/test split with nested subsets")
+    store_cli.add_split_args(p)
+    p.set_defaults(func=store_cli.split_main)
     from crysbench.sweep.cli import add_arguments
 
     p = sub.add_parser("sweep", help="plan, launch and monitor a scaling-law sweep along one axis")

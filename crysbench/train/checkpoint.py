@@ -46,7 +46,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: Path, *, model, optimizer, scheduler, scaler, step: int, epoch: int, batch_in_epoch: int,
-         best: dict, history: list) -> None:
+         best: dict, history: list, counters: dict) -> None:
     """Everything needed to continue exactly where the run stopped."""
     atomic_save({
         "model": model.state_dict(),
@@ -55,7 +55,7 @@ def save(path: Path, *, model, optimizer, scheduler, scaler, step: int, epoch: i
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": rng_state(),
         "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-        "best": best, "history": history,
+        "best": best, "history": history, "counters": counters,
     }, path)
 
 

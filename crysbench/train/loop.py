@@ -81,13 +81,15 @@ def evaluate(model, batches, normalizer, names, device, precision) -> tuple[dict
 
 def _flops_per_crystal(model, batch, normalizer, loss_kind) -> float:
     """Training FLOPs (forward + backward) per crystal, counted by torch on one batch."""
+    import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
+    probe = copy.deepcopy(model)  # a copy: the probe must not move batch-norm statistics or RNG streams
     counter = FlopCounterMode(display=False)
-    with counter:
-        out = model(batch)
+    with torch.random.fork_rng(), counter:
+        out = probe(batch)
         masked_loss(out, normalizer.norm(batch.targets), batch.mask, loss_kind).backward()
-    model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / max(1, batch.num_crystals)
 
 
@@ -113,6 +115,8 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
     model = build_model(cfg, len(names)).to(device)
     core = model
     if de.world_size > 1:
+        if device.type == "cuda":  # batch statistics over the global batch (CPU has no SyncBatchNorm)
+            core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core)
     opt = torch.optim.AdamW(core.parameters(), lr=cfg.optim.max_lr, weight_decay=cfg.optim.weight_decay)
     steps_per_epoch = data.steps_per_epoch
@@ -135,13 +139,15 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
         checkpoint.set_rng_state(state["rng"])
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
         best, history = state["best"], state["history"]
-        crystals_seen = history[-1]["crystals_seen"] if history else 0
+        crystals_seen, atoms_seen, train_time = (state["counters"][k] for k in ("crystals", "atoms", "seconds"))
         log(f"resumed {out.name} at step {step} (epoch {epoch}, batch {skip})")
 
-    def save_ckpt(batch_in_epoch: int) -> None:
+    def save_ckpt(batch_in_epoch: int, seconds: float) -> None:
         if de.is_main:
             checkpoint.save(ckpt_path, model=core, optimizer=opt, scheduler=sched, scaler=scaler, step=step,
-                            epoch=epoch, batch_in_epoch=batch_in_epoch, best=best, history=history)
+                            epoch=epoch, batch_in_epoch=batch_in_epoch, best=best, history=history,
+                            counters={"crystals": crystals_seen, "atoms": atoms_seen,
+                                      "seconds": seconds})
 
     # ---- loop -------------------------------------------------------------------------------
     stop = step >= total_steps
@@ -172,13 +178,13 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             n_graphs = data.global_graphs(batch)
             crystals_seen += n_graphs
             atoms_seen += int(batch.numbers.shape[0]) * de.world_size
-            ep_loss, ep_n = ep_loss + float(loss) * n_graphs, ep_n + n_graphs
+            ep_loss, ep_n = ep_loss + loss.item() * n_graphs, ep_n + n_graphs
             over_flops = cfg.train.max_flops and flops_per_crystal * crystals_seen >= cfg.train.max_flops
             if step >= total_steps or over_flops:
                 stop = True
                 break
             if step % cfg.train.ckpt_every == 0:
-                save_ckpt(k + 1)
+                save_ckpt(k + 1, train_time + time.perf_counter() - t0)
         train_time += time.perf_counter() - t0
         skip = 0
         epoch += 1
@@ -201,7 +207,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
         if patience and epoch - best["epoch"] >= patience:
             stop = True
         stop = _agree(stop, de)
-        save_ckpt(0)
+        save_ckpt(0, train_time)
 
     # ---- final evaluation on the best checkpoint -------------------------------------------------
     result = {}
