@@ -65,7 +65,7 @@ def _cmd_sweep_task(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from crysbench.sweep.report import report_sweep
 
-    summary = report_sweep(args.plan, results=args.results)
+    summary = report_sweep(args.plan, results=args.results, n_boot=args.n_boot)
     print(summary["text"])
     return 0
 
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit L = a*x^-b (+ L_inf) to a finished sweep and write the report")
     p.add_argument("plan", help="plan folder")
     p.add_argument("--results", default="results/scaling", help="where points.csv/fit.json/plot.png go")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.set_defaults(func=_cmd_fit)
     return parser
 

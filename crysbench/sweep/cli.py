@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the fit job and print it")
     p.add_argument("--pending", action="store_true", help="with status: print unfinished indices as 1,4,5")
     p.add_argument("--results", default="results/scaling")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the fit CIs")
     for flag in ("partition", "account", "constraint", "gres"):
         p.add_argument(f"--{flag}", help=f"Slurm --{flag} (passed through)")
     p.add_argument("--time-min", type=int, default=60)
@@ -82,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         failed = run_local(plan_dir)
         from crysbench.sweep.report import report_sweep
 
-        print(report_sweep(plan_dir, results=args.results)["text"])
+        print(report_sweep(plan_dir, results=args.results, n_boot=args.n_boot)["text"])
         return 1 if failed else 0
     from crysbench.sweep.slurm import submit
 
