@@ -12,7 +12,7 @@
 #   array task: trains point $SLURM_ARRAY_TASK_ID of the plan with `srun` (DDP when ntasks > 1);
 #   fit (CRYSBENCH_ROLE=fit): fits the power law and writes results.
 # Settings (environment): AXIS=data|params|compute, MODEL=cgcnn, PRESET=quick|full, PLAN=sweeps/<name>,
-#   CRYSBENCH_SWEEP_ARGS (more `sweep` flags), SBATCH_ARGS (site flags for the array, e.g.
+#   CRYSBENCH_SWEEP_ARGS (more `sweep` flags), CRYSBENCH_FIT_ARGS (more `fit` flags), SBATCH_ARGS (site flags for the array, e.g.
 #   "--partition=gpu --account=abc --gres=gpu:1"; they pass through untouched), PYTHON.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -24,7 +24,7 @@ SELF=${CRYSBENCH_SCRIPT:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | 
 [ -n "$SELF" ] && [ -f "$SELF" ] || SELF=$(readlink -f "$0")
 
 if [ "${CRYSBENCH_ROLE:-}" = fit ]; then
-  exec "$PYTHON" -m crysbench fit "$PLAN"
+  exec "$PYTHON" -m crysbench fit "$PLAN" ${CRYSBENCH_FIT_ARGS:-}
 fi
 
 if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then

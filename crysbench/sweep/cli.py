@@ -90,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
     site = SlurmSite(partition=args.partition, account=args.account, constraint=args.constraint, gres=args.gres,
                      time_min=args.time_min, cpus_per_task=args.cpus_per_task,
                      tasks_per_point=args.tasks_per_point, extra=tuple(args.sbatch))
-    jobs, fit_job = submit(plan_dir, site, todo, cluster="local" if args.launcher == "submitit-local" else "slurm")
+    cluster = "local" if args.launcher == "submitit-local" else "slurm"
+    jobs, fit_job = submit(plan_dir, site, todo, cluster=cluster, results=args.results, n_boot=args.n_boot)
     print(f"submitted {len(jobs)} points as job array {jobs[0].job_id.split('_')[0] if jobs else '-'}; "
           f"fit job {fit_job.job_id} (afterok)")
     if args.wait:

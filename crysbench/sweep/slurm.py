@@ -42,10 +42,10 @@ class PointTask:
         return submitit.helpers.DelayedSubmission(PointTask(self.plan_dir), index)  # resumes from ckpt
 
 
-def _fit_and_report(plan_dir: str) -> dict:
+def _fit_and_report(plan_dir: str, results: str, n_boot: int) -> dict:
     from crysbench.sweep.report import report_sweep
 
-    return report_sweep(plan_dir)
+    return report_sweep(plan_dir, results=results, n_boot=n_boot)
 
 
 def _executor(folder: Path, site: SlurmSite, name: str, cluster: str | None):
@@ -69,7 +69,8 @@ def _executor(folder: Path, site: SlurmSite, name: str, cluster: str | None):
     return ex
 
 
-def submit(plan_dir: str | Path, site: SlurmSite, indices: list[int], cluster: str | None = "slurm"):
+def submit(plan_dir: str | Path, site: SlurmSite, indices: list[int], cluster: str | None = "slurm",
+           results: str | Path = "results/scaling", n_boot: int = 1000):
     """Submit ``indices`` as one array and a dependent fit job; returns (point jobs, fit job)."""
     plan_dir = Path(plan_dir).resolve()
     folder = plan_dir / "submitit"
@@ -86,5 +87,5 @@ def submit(plan_dir: str | Path, site: SlurmSite, indices: list[int], cluster: s
     elif jobs:
         for j in jobs:  # the local executor has no dependencies: wait here instead
             j.result()
-    fit_job = fit_ex.submit(_fit_and_report, str(plan_dir))
+    fit_job = fit_ex.submit(_fit_and_report, str(plan_dir), str(Path(results).resolve()), n_boot)
     return jobs, fit_job
