@@ -103,11 +103,15 @@ def test_sbatch_scaling_script(work, submitit_sweep):
     assert _metrics(plan) == _metrics(submitit_sweep[0]), "sbatch and submitit sweeps disagree"
 
 
-def test_scancel_one_task_then_resume_equals_undisturbed(work, submitit_sweep):
-    d, _ = work
+def test_scancel_one_task_then_resume_equals_undisturbed(work):
+    """Cancel a running array task mid-training; re-running the sweep resumes it from its checkpoint
+    and its result equals an undisturbed run of the same config."""
+    d, store = work
+    (d / "long.yaml").write_text(TINY.replace("seeds: [0, 1]", "seeds: [0]").replace("epochs: 3", "epochs: 12"))
     plan = d / "plan-fault"
-    out = subprocess.run(_sweep_cmd(work, plan, "--launcher", "slurm"), cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    cmd = _sweep_cmd(work, plan, "--launcher", "slurm")
+    cmd[cmd.index(str(d / "tiny.yaml"))] = str(d / "long.yaml")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     deadline, victim = time.time() + 300, None
     while victim is None and time.time() < deadline:
@@ -118,15 +122,23 @@ def test_scancel_one_task_then_resume_equals_undisturbed(work, submitit_sweep):
                 break
         time.sleep(0.2)
     assert victim, "no point reached a checkpoint while running"
+    # submitit bypasses SIGTERM (it waits for SIGKILL after KillWait), so kill at once, then cancel
+    subprocess.run(["scancel", "--full", "--signal=KILL", victim[0]], check=True)
     subprocess.run(["scancel", victim[0]], check=True)
     deadline = time.time() + 600
     while subprocess.run(["squeue", "-h", "-n", f"crysbench-{plan.name}"], capture_output=True,
                          text=True).stdout.strip() and time.time() < deadline:
         time.sleep(1)
     subprocess.run(["scancel", "-n", f"crysbench-fit-{plan.name}"])  # its afterok can never be met now
-    assert not (victim[1] / "final.json").exists()
-    again = subprocess.run(_sweep_cmd(work, plan, "--launcher", "slurm", "--wait"), cwd=ROOT, capture_output=True,
-                           text=True, timeout=900)
+    assert not (victim[1] / "final.json").exists(), "the point finished before it was cancelled"
+    assert {r["state"] for r in status(plan)} == {"done", "interrupted"}
+    again = subprocess.run(cmd + ["--wait"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "submitted 1 points" in again.stdout, again.stdout
-    assert _metrics(plan) == _metrics(submitit_sweep[0])
+    resumed = json.loads((victim[1] / "final.json").read_text())
+    from crysbench import config as C
+    from crysbench.train.config import RunConfig
+    from crysbench.train.loop import run
+
+    cfg = C.from_dict(RunConfig, dict(resumed["config"], out_dir=str(d / "undisturbed")))
+    assert run(cfg, log=lambda m: None)["test"] == resumed["test"]
