@@ -107,7 +107,8 @@ def test_scancel_one_task_then_resume_equals_undisturbed(work):
     """Cancel a running array task mid-training; re-running the sweep resumes it from its checkpoint
     and its result equals an undisturbed run of the same config."""
     d, store = work
-    (d / "long.yaml").write_text(TINY.replace("seeds: [0, 1]", "seeds: [0]").replace("epochs: 3", "epochs: 12"))
+    (d / "long.yaml").write_text(TINY.replace("data_sizes: [12, 24, 48]", "data_sizes: [48]")
+                                 .replace("epochs: 3", "epochs: 15"))  # 60 steps a point: time to kill one
     plan = d / "plan-fault"
     cmd = _sweep_cmd(work, plan, "--launcher", "slurm")
     cmd[cmd.index(str(d / "tiny.yaml"))] = str(d / "long.yaml")
