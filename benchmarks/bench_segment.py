@@ -36,8 +36,13 @@ TORCH_AMAX = {"sum": "sum", "mean": "mean", "max": "amax"}
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -71,8 +76,16 @@ def data() -> dict:
 
 def _info(benchmark, **extra) -> None:
     benchmark.extra_info.update(
-        edges=E, nodes=N, features=F, dtype=str(DTYPE), threads=torch.get_num_threads(),
-        torch=torch.__version__, device="cpu", commit=_git_commit(), quick=QUICK, **extra,
+        edges=E,
+        nodes=N,
+        features=F,
+        dtype=str(DTYPE),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        device="cpu",
+        commit=_git_commit(),
+        quick=QUICK,
+        **extra,
     )
 
 
@@ -90,7 +103,9 @@ def _torch_scatter_reduce(src, index, reduce):
     if reduce == "sum":
         return torch.zeros(N, F, dtype=src.dtype).index_add_(0, index, src)
     idx = index.view(-1, 1).expand_as(src)
-    return torch.zeros(N, F, dtype=src.dtype).scatter_reduce_(0, idx, src, TORCH_AMAX[reduce], include_self=False)
+    return torch.zeros(N, F, dtype=src.dtype).scatter_reduce_(
+        0, idx, src, TORCH_AMAX[reduce], include_self=False
+    )
 
 
 SCATTER_IMPLS = {
@@ -99,7 +114,8 @@ SCATTER_IMPLS = {
 }
 if torch_scatter is not None:
     SCATTER_IMPLS["torch_scatter"] = lambda src, index, reduce: torch_scatter.scatter(
-        src, index, dim=0, dim_size=N, reduce=reduce)
+        src, index, dim=0, dim_size=N, reduce=reduce
+    )
 
 
 @pytest.mark.parametrize("impl", list(SCATTER_IMPLS))
@@ -120,7 +136,8 @@ def test_scatter(benchmark, data, reduce, layout, impl):
 # ---------------------------------------------------------------------------------------------
 def _torch_segment(src, ptr, reduce):
     out = torch.segment_reduce(src, reduce, offsets=ptr, axis=0, unsafe=True)
-    return out if reduce != "max" else out.nan_to_num(neginf=0.0)  # empty segments: -inf → 0
+    # empty segments come out as nan (mean) or -inf (max); crysbench and torch_scatter give 0
+    return out if reduce == "sum" else out.nan_to_num(nan=0.0, neginf=0.0)
 
 
 SEGMENT_IMPLS = {
@@ -128,7 +145,9 @@ SEGMENT_IMPLS = {
     "torch.segment_reduce": _torch_segment,
 }
 if torch_scatter is not None:
-    SEGMENT_IMPLS["torch_scatter"] = lambda src, ptr, reduce: torch_scatter.segment_csr(src, ptr, reduce=reduce)
+    SEGMENT_IMPLS["torch_scatter"] = lambda src, ptr, reduce: torch_scatter.segment_csr(
+        src, ptr, reduce=reduce
+    )
 
 
 @pytest.mark.parametrize("impl", list(SEGMENT_IMPLS))
@@ -137,7 +156,9 @@ def test_segment_csr(benchmark, data, reduce, impl):
     benchmark.group = f"segment_csr-{reduce}"
     src, ptr = data["src"], data["ptr"]
     fn = SEGMENT_IMPLS[impl]
-    _check(fn(src, ptr, reduce), _torch_scatter_reduce(src, data["sorted"], reduce), f"{impl} segment {reduce}")
+    _check(
+        fn(src, ptr, reduce), _torch_scatter_reduce(src, data["sorted"], reduce), f"{impl} segment {reduce}"
+    )
     _info(benchmark, op="segment_csr", reduce=reduce, impl=impl)
     benchmark(fn, src, ptr, reduce)
 

@@ -55,8 +55,18 @@ def _index(case: str, gen: torch.Generator) -> tuple[torch.Tensor, int]:
     raise KeyError(case)
 
 
-CASES = ("random", "sorted", "duplicated", "one_segment", "empty_ends", "empty_src", "dim_size_larger",
-         "parallel", "parallel_sorted", "few_big_segments")
+CASES = (
+    "random",
+    "sorted",
+    "duplicated",
+    "one_segment",
+    "empty_ends",
+    "empty_src",
+    "dim_size_larger",
+    "parallel",
+    "parallel_sorted",
+    "few_big_segments",
+)
 
 
 def _src(e: int, f: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
@@ -79,7 +89,9 @@ def _assert_close(case: str, got: torch.Tensor, want: torch.Tensor, tol: float) 
 def _check_pair(case: str, got, want, dtype, reduce: str) -> None:
     _assert_close(case, got[0], want[0], TOL[dtype])
     if reduce == "max":
-        assert torch.equal(got[1], want[1]), f"{case}: arg differs at {(got[1] != want[1]).nonzero()[:5].tolist()}"
+        assert torch.equal(got[1], want[1]), (
+            f"{case}: arg differs at {(got[1] != want[1]).nonzero()[:5].tolist()}"
+        )
     else:
         assert got[1].numel() == 0 and got[1].dtype == torch.long, f"{case}: arg must be empty int64"
 
@@ -119,8 +131,9 @@ def test_gather_mul_scatter_parity(case, dtype):
     w = _src(dst.numel(), 6, dtype, gen)
     src_index = torch.randint(0, 17, (dst.numel(),), generator=gen)
     got = native().gather_mul_scatter(x, w, src_index, dst, n)
-    _assert_close(f"gather_mul_scatter/{case}", got, reference.gather_mul_scatter(x, w, src_index, dst, n),
-                  TOL[dtype])
+    _assert_close(
+        f"gather_mul_scatter/{case}", got, reference.gather_mul_scatter(x, w, src_index, dst, n), TOL[dtype]
+    )
 
 
 @pytest.mark.parametrize("reduce", REDUCTIONS)
@@ -171,8 +184,10 @@ def test_max_propagates_nan():
 
 def test_max_of_minus_infinity_keeps_first_edge():
     src = torch.full((3, 2), float("-inf"))
-    for op in (lambda: native().scatter(src, torch.tensor([1, 0, 1]), 3, "max"),
-               lambda: native().segment_csr(src, torch.tensor([0, 1, 3, 3]), "max")):
+    for op in (
+        lambda: native().scatter(src, torch.tensor([1, 0, 1]), 3, "max"),
+        lambda: native().segment_csr(src, torch.tensor([0, 1, 3, 3]), "max"),
+    ):
         out, arg = op()
         assert torch.isinf(out[:2]).all() and out[2].eq(0).all()
     out, arg = native().scatter(src, torch.tensor([1, 0, 1]), 3, "max")
@@ -209,7 +224,7 @@ def test_one_and_two_threads_agree_bitwise():
         two = _run_all(src, index, x, src, src_index)
     finally:
         torch.set_num_threads(before)
-    for i, (a, b) in enumerate(zip(one, two)):
+    for i, (a, b) in enumerate(zip(one, two, strict=True)):
         assert torch.equal(a, b), f"output {i} differs between 1 and 2 threads"
 
 
@@ -276,9 +291,13 @@ def test_out_of_range_index_names_the_value():
     with pytest.raises(RuntimeError, match=r"index\[1\] = -1 is out of range"):
         ops.scatter(src, torch.tensor([0, -1, 2, 3, 0]), 4, "max")
     with pytest.raises(RuntimeError, match=r"dst_index\[0\] = 7 is out of range"):
-        native().gather_mul_scatter(src, src, torch.zeros(5, dtype=torch.long), torch.tensor([7, 0, 0, 0, 0]), 4)
+        native().gather_mul_scatter(
+            src, src, torch.zeros(5, dtype=torch.long), torch.tensor([7, 0, 0, 0, 0]), 4
+        )
     with pytest.raises(RuntimeError, match=r"src_index\[4\] = 5 is out of range.*x.size\(0\) = 5"):
-        native().gather_mul_scatter(src, src, torch.tensor([0, 1, 2, 3, 5]), torch.zeros(5, dtype=torch.long), 4)
+        native().gather_mul_scatter(
+            src, src, torch.tensor([0, 1, 2, 3, 5]), torch.zeros(5, dtype=torch.long), 4
+        )
 
 
 def test_bad_index_dtype_and_lengths():
@@ -292,7 +311,9 @@ def test_bad_index_dtype_and_lengths():
     with pytest.raises(RuntimeError, match="index has 4 entries but src has 5 rows"):
         native().scatter(src, torch.zeros(4, dtype=torch.long), 4, "sum")
     with pytest.raises(RuntimeError, match="must have one entry per row of w"):
-        native().gather_mul_scatter(src, src, torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long), 4)
+        native().gather_mul_scatter(
+            src, src, torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long), 4
+        )
 
 
 def test_bad_ptr():
