@@ -160,7 +160,7 @@ def scatter(src: Tensor, index: Tensor, dim_size: int, reduce: str = "sum") -> T
     if backend() == "ref":
         return reference.scatter(src, index, dim_size, reduce)[0]
     require_device("scatter", src, index)
-    flat = src.reshape(src.shape[0], -1)
+    flat = src.reshape(src.shape[0], math.prod(src.shape[1:]))  # -1 fails when E = 0
     out = _lib().scatter(flat.contiguous(), index.contiguous(), dim_size, reduce)[0]
     return out.view(dim_size, *src.shape[1:])
 
@@ -174,7 +174,7 @@ def segment_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
     if backend() == "ref":
         return reference.segment_csr(src, ptr, reduce)[0]
     require_device("segment_csr", src, ptr)
-    flat = src.reshape(src.shape[0], -1)
+    flat = src.reshape(src.shape[0], math.prod(src.shape[1:]))  # -1 fails when E = 0
     out = _lib().segment_csr(flat.contiguous(), ptr.contiguous(), reduce)[0]
     return out.view(ptr.numel() - 1, *src.shape[1:])
 

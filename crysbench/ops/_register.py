@@ -96,10 +96,11 @@ def _register_autograd() -> None:
 
     def gms_backward(ctx, grad_out):
         x, w, src_index, dst_index = ctx.saved_tensors
-        g = grad_out.index_select(0, dst_index)
-        grad_x = torch.ops.crysbench.gather_mul_scatter(g, w, dst_index, src_index, ctx.n_x) \
+        # grad_x[src[e]] += grad_out[dst[e]] * w[e]: the same op with the roles of the indices swapped
+        grad_x = torch.ops.crysbench.gather_mul_scatter(grad_out, w, dst_index, src_index, ctx.n_x) \
             if ctx.needs_input_grad[0] else None
-        grad_w = g * x.index_select(0, src_index) if ctx.needs_input_grad[1] else None
+        grad_w = grad_out.index_select(0, dst_index) * x.index_select(0, src_index) \
+            if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None, None, None
 
     torch.library.register_autograd("crysbench::gather_mul_scatter", gms_backward, setup_context=gms_setup)
