@@ -33,7 +33,7 @@ def cuda_ops():
     if not info["with_cuda"]:
         pytest.fail(f"a CUDA device is present but crysbench was built without CUDA kernels ({info}); "
                     "rebuild with CRYSBENCH_CUDA=ON against a CUDA torch")
-    ops._native()
+    ops._lib()
     return torch.ops.crysbench
 
 

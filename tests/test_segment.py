@@ -26,7 +26,7 @@ def _seed(*parts) -> torch.Generator:
 
 def native():
     """torch.ops.crysbench with the fake kernels and autograd formulas registered."""
-    return ops._native()
+    return ops._lib()
 
 
 def _index(case: str, gen: torch.Generator) -> tuple[torch.Tensor, int]:
