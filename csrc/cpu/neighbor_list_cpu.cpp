@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -33,6 +35,8 @@ constexpr const char* kOp = "neighbor_list";
 // Relative slack on the cutoff when pruning bins: pruning is done in double on bin geometry while
 // the distance test runs in the input dtype, so prune only what is clearly out of reach.
 constexpr double kSlack = 1e-5;
+// Image shifts are kept as int16 while scanning.
+constexpr int kMaxReach = 16000;
 
 using Mat3 = std::array<std::array<double, 3>, 3>;
 
@@ -42,6 +46,8 @@ template <typename scalar_t>
 struct Grid {
   int nb[3] = {1, 1, 1};
   bool periodic[3] = {false, false, false};
+  double cell[3][3] = {};  // lattice vectors as rows (Å)
+  double volume = 1;        // |det| (Å^3)
   int reach[3] = {0, 0, 0};
   double width[3] = {0, 0, 0};  // Å between neighbouring bin planes of each axis
   double lam = 0;                // smallest eigenvalue of the bin-edge metric (Å^2), pruning bound
@@ -191,6 +197,9 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
   CB_CHECK(kOp, std::isfinite(det) && std::abs(det) > 1e-10 * scale, "cell of crystal ", b,
            " is singular or not finite (det = ", det, " Å^3); expected three independent lattice vectors");
   const Mat3 inv = inverse3(cell, det);
+  g.volume = std::abs(det);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) g.cell[i][j] = cell[i][j];
   const bool periodic[3] = {pbcp[0], pbcp[1], pbcp[2]};
   for (int k = 0; k < 3; ++k) g.periodic[k] = periodic[k];
   const int64_t n = hi - lo;
@@ -228,6 +237,8 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
     g.nb[k] = plan.nb[k];
     g.reach[k] = plan.reach[k];
     g.width[k] = plan.width[k];
+    CB_CHECK(kOp, g.reach[k] <= kMaxReach, "cutoff ", cutoff, " Å spans more than ", kMaxReach,
+             " images of cell ", b, " along lattice vector ", k, "; expected a cutoff comparable to the cell");
     if (span[k] <= 0) span[k] = 1;  // flat extent: one bin of any width
   }
   Mat3 metric;  // Gram matrix of the bin edge vectors
@@ -306,17 +317,71 @@ int64_t segment_test(const T* __restrict X, const T* __restrict Y, const T* __re
 // Gap (in bins) between a point at in-bin position t and the bin d bins away along one axis.
 inline double gap(double t, int d) { return d > 0 ? d - t : (d < 0 ? t - d - 1 : 0.0); }
 
+// Large buffers written once front to back are advised to use transparent huge pages: first-touch
+// page faults (one per 4 KiB) otherwise dominate the cost of writing tens of millions of edges.
+// numpy gives the same advice for its large arrays. A hint only; where it fails nothing changes.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + bytes) & ~(kHuge - 1);
+  if (bytes >= 4 * kHuge && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)data, (void)bytes;
+#endif
+}
+
+// One accepted pair, as the scan finds it: the partner's slot (relative to its crystal's first
+// slot) and the image shift S' between wrapped positions. The output is expanded from these.
+struct Hit {
+  int32_t slot;
+  int16_t s[3];
+};
+
+// A growable array of hits (trivially copyable) whose storage gets the huge-page advice.
+class HitBuffer {
+ public:
+  HitBuffer() = default;
+  HitBuffer(const HitBuffer&) = delete;
+  HitBuffer& operator=(const HitBuffer&) = delete;
+  ~HitBuffer() { std::free(data_); }
+  const Hit* data() const { return data_; }
+  Hit* end() { return data_ + size_; }
+  void reserve(size_t n) {
+    if (n <= cap_) return;
+    Hit* p = static_cast<Hit*>(std::malloc(n * sizeof(Hit)));
+    TORCH_CHECK(p != nullptr, "crysbench.neighbor_list: out of memory for ", n, " neighbour pairs");
+    advise_huge_pages(p, n * sizeof(Hit));
+    if (size_) std::memcpy(p, data_, size_ * sizeof(Hit));
+    std::free(data_);
+    data_ = p;
+    cap_ = n;
+  }
+  void make_room(size_t extra) {
+    if (size_ + extra > cap_) reserve(std::max(2 * cap_, size_ + extra + 1024));
+  }
+  void grow_by(size_t k) { size_ += k; }
+  void release() {
+    std::free(data_);
+    data_ = nullptr;
+    size_ = cap_ = 0;
+  }
+
+ private:
+  Hit* data_ = nullptr;
+  size_t size_ = 0, cap_ = 0;
+};
+
 // Scan the bins within reach of atom i, one row of x-bins at a time (a row is contiguous in slot
-// order, split only where it crosses a periodic image). Without `out`, count i's neighbours;
-// with it, write them from edge `o` on.
-template <typename scalar_t, bool kFill>
-int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i, double cutoff,
-                  scalar_t c2, Scratch<scalar_t>& sc, const Out<scalar_t>* out, int64_t o) {
+// order, split only where it crosses a periodic image), and append i's neighbours to `hits`.
+// The pair (i, i, S = 0) is skipped; it sits in the unshifted segment of i's own row.
+template <typename scalar_t>
+int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i, int64_t base,
+                  double cutoff, scalar_t c2, Scratch<scalar_t>& sc, HitBuffer& hits) {
   const int64_t si = bd.slot[i];
   const scalar_t xi = bd.x[si], yi = bd.y[si], zi = bd.z[si];
   const int32_t* bi = &bd.bin3[3 * i];
   const float* ti = &bd.frac_in[3 * i];
-  const int32_t* ni = &bd.img[3 * si];
   const double reach = cutoff * (1.0 + kSlack), reach2 = reach * reach;
   const int nbx = g.nb[0], rxm = g.reach[0];
   const bool px = g.periodic[0];
@@ -341,7 +406,7 @@ int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i
       const int64_t row = (int64_t(wz) * g.nb[1] + wy) * nbx;
       const scalar_t* oz = &g.off[2][3 * ez];
       const scalar_t* oy = &g.off[1][3 * ey];
-      const int syz = g.shift[1][ey] | g.shift[2][ez];
+      const int16_t sy = static_cast<int16_t>(g.shift[1][ey]), sz = static_cast<int16_t>(g.shift[2][ez]);
       while (t0 <= t1) {
         const int ex = t0 + rxm, w0 = g.wrap[0][ex];
         const int w1 = px ? std::min(nbx - 1, w0 + (t1 - t0)) : w0 + (t1 - t0);
@@ -352,57 +417,66 @@ int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i
         const scalar_t rx = (ox[0] + oy[0] + oz[0]) - xi;
         const scalar_t ry = (ox[1] + oy[1] + oz[1]) - yi;
         const scalar_t rz = (ox[2] + oy[2] + oz[2]) - zi;
-        const int64_t c = segment_test(bd.x.data() + s, bd.y.data() + s, bd.z.data() + s, n, rx, ry, rz,
-                                       c2, sc.d2.data());
-        if constexpr (!kFill) {
-          count += c;
-        } else if (c > 0) {
-          // the pair (i, i, S = 0) is skipped; it sits in the unshifted segment of i's own row
-          const bool home = dy == 0 && dz == 0 && (syz | g.shift[0][ex]) == 0;
-          const int64_t skip = home ? si - s : -1;
-          int64_t m = 0;
-          for (int64_t k = 0; k < n; ++k) {  // branch-free compaction of the accepted positions
-            sc.sel[m] = static_cast<int32_t>(k);
-            m += (sc.d2[k] < c2) & (k != skip);
-          }
-          const int sx = g.shift[0][ex] + ni[0], sy = g.shift[1][ey] + ni[1], sz = g.shift[2][ez] + ni[2];
-          for (int64_t a = 0; a < m; ++a) {
-            const int64_t k = sc.sel[a], j = s + k, q = o + count + a;
-            const int32_t* nj = &bd.img[3 * j];
-            out->ei[q] = i;
-            out->ej[q] = bd.id[j];
-            out->sh[3 * q] = sx - nj[0];
-            out->sh[3 * q + 1] = sy - nj[1];
-            out->sh[3 * q + 2] = sz - nj[2];
-            out->dist[q] = std::sqrt(sc.d2[k]);
-            if (out->vec) {
-              out->vec[3 * q] = bd.x[j] + rx;
-              out->vec[3 * q + 1] = bd.y[j] + ry;
-              out->vec[3 * q + 2] = bd.z[j] + rz;
-            }
-          }
-          count += m;
+        if (segment_test(bd.x.data() + s, bd.y.data() + s, bd.z.data() + s, n, rx, ry, rz, c2,
+                         sc.d2.data()) == 0)
+          continue;
+        const int16_t sx = static_cast<int16_t>(g.shift[0][ex]);
+        const int64_t skip = (dy == 0 && dz == 0 && (sx | sy | sz) == 0) ? si - s : -1;
+        int64_t m = 0;
+        for (int64_t k = 0; k < n; ++k) {  // branch-free compaction of the accepted positions
+          sc.sel[m] = static_cast<int32_t>(k);
+          m += (sc.d2[k] < c2) & (k != skip);
         }
+        const int32_t first = static_cast<int32_t>(s - base);
+        hits.make_room(m);
+        Hit* h = hits.end();
+        for (int64_t a = 0; a < m; ++a) h[a] = Hit{first + sc.sel[a], {sx, sy, sz}};
+        hits.grow_by(m);
+        count += m;
       }
     }
   }
-  // the count pass also counted (i, i, S = 0): scanned exactly once, always at distance 0
-  return kFill ? count : count - 1;
+  return count;
 }
 
-// Run `fn(grid, atom, scratch)` for every atom in parallel, in atom order within each chunk.
-template <typename scalar_t, typename Fn>
-void for_each_atom(const std::vector<Grid<scalar_t>>& grids, const int64_t* ptr, int64_t nb_cryst,
-                   int64_t n_atoms, int64_t max_n, const Fn& fn) {
-  at::parallel_for(0, n_atoms, 256, [&](int64_t begin, int64_t end) {
-    Scratch<scalar_t> sc(max_n);
-    int64_t b = std::upper_bound(ptr, ptr + nb_cryst + 1, begin) - ptr - 1;
-    for (int64_t i = begin; i < end; ++i) {
-      while (ptr[b + 1] <= i) ++b;
-      fn(grids[b], i, sc);
+// Write atom i's edges from its hits: shifts back to the original positions (S = S' + n_i - n_j),
+// distances and, when asked, vectors, recomputed exactly as the scan computed them.
+template <typename scalar_t>
+void expand_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i, int64_t base,
+                 const Hit* hit, int64_t n, const Out<scalar_t>& out, int64_t o) {
+  const int64_t si = bd.slot[i];
+  const scalar_t xi = bd.x[si], yi = bd.y[si], zi = bd.z[si];
+  const int32_t* ni = &bd.img[3 * si];
+  for (int64_t a = 0; a < n; ++a) {
+    const Hit& h = hit[a];
+    const int64_t j = base + h.slot, q = o + a;
+    scalar_t off[3][3];  // image offset of each axis, as the axis tables hold it
+    for (int k = 0; k < 3; ++k)
+      for (int c = 0; c < 3; ++c) off[k][c] = static_cast<scalar_t>(h.s[k] * g.cell[k][c]);
+    const scalar_t vx = bd.x[j] + ((off[0][0] + off[1][0] + off[2][0]) - xi);
+    const scalar_t vy = bd.y[j] + ((off[0][1] + off[1][1] + off[2][1]) - yi);
+    const scalar_t vz = bd.z[j] + ((off[0][2] + off[1][2] + off[2][2]) - zi);
+    const int32_t* nj = &bd.img[3 * j];
+    out.ei[q] = i;
+    out.ej[q] = bd.id[j];
+    out.sh[3 * q] = h.s[0] + ni[0] - nj[0];
+    out.sh[3 * q + 1] = h.s[1] + ni[1] - nj[1];
+    out.sh[3 * q + 2] = h.s[2] + ni[2] - nj[2];
+    out.dist[q] = std::sqrt(vx * vx + vy * vy + vz * vz);
+    if (out.vec) {
+      out.vec[3 * q] = vx;
+      out.vec[3 * q + 1] = vy;
+      out.vec[3 * q + 2] = vz;
     }
-  });
+  }
 }
+
+// Fixed chunks of atoms, each scanned by one task into its own hit list; the output does not
+// depend on the chunking (edges are written per atom at offsets from a prefix sum).
+struct Chunks {
+  int64_t n_atoms, count;
+  int64_t begin(int64_t c) const { return n_atoms * c / count; }
+};
 
 void check_inputs(const at::Tensor& positions, const at::Tensor& cells, const at::Tensor& pbc,
                   const at::Tensor& ptr, double cutoff) {
@@ -433,18 +507,25 @@ void check_ptr(const int64_t* ptr, int64_t nb, int64_t n) {
              " > ptr[", b + 1, "] = ", ptr[b + 1]);
 }
 
-// An output tensor that will be written once, front to back. Large ones are advised to use
-// transparent huge pages: first-touch page faults otherwise dominate the cost of writing tens of
-// millions of edges (one fault per 4 KiB). The advice is a hint; where it fails nothing changes.
+// An output tensor, written once front to back (see advise_huge_pages).
 at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& options) {
   at::Tensor t = at::empty(shape, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (t.nbytes() >= 4 * kHuge && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#endif
+  advise_huge_pages(t.data_ptr(), t.nbytes());
   return t;
+}
+
+// Reserve a chunk's hit list for the expected pair count (number density x sphere volume per
+// atom, with a margin), so it rarely reallocates.
+template <typename scalar_t>
+void reserve_hits(HitBuffer& hits, const std::vector<Grid<scalar_t>>& grids, const int64_t* ptr,
+                  int64_t nb, int64_t lo, int64_t hi, double cutoff) {
+  const double sphere = 4.0 / 3.0 * M_PI * cutoff * cutoff * cutoff;
+  double expect = 0;
+  for (int64_t b = std::upper_bound(ptr, ptr + nb + 1, lo) - ptr - 1; b < nb && ptr[b] < hi; ++b) {
+    const double atoms = double(std::min(hi, ptr[b + 1]) - std::max(lo, ptr[b]));
+    expect += atoms * double(ptr[b + 1] - ptr[b]) / grids[b].volume * sphere;
+  }
+  hits.reserve(static_cast<size_t>(std::min(1.2 * expect + 64.0, 1e9)));
 }
 
 template <typename scalar_t>
@@ -464,27 +545,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neighbor_
     for (int64_t b = b0; b < b1; ++b)
       build_grid(grids[b], bd, pos, cellp + 9 * b, pbcp + 3 * b, ptr[b], ptr[b + 1], b, cutoff);
   });
-
-  const scalar_t c2 = static_cast<scalar_t>(cutoff) * static_cast<scalar_t>(cutoff);
   int64_t max_n = 0;
   for (int64_t b = 0; b < nb; ++b) max_n = std::max(max_n, ptr[b + 1] - ptr[b]);
+
+  // pass 1: scan every atom, keeping its hits and its count
+  const scalar_t c2 = static_cast<scalar_t>(cutoff) * static_cast<scalar_t>(cutoff);
+  const Chunks chunks{n, std::max<int64_t>(1, std::min<int64_t>(n, 4 * at::get_num_threads()))};
+  std::vector<HitBuffer> hits(chunks.count);
   std::vector<int64_t> offset(n + 1, 0);
-  for_each_atom(grids, ptr, nb, n, max_n, [&](const Grid<scalar_t>& g, int64_t i, Scratch<scalar_t>& sc) {
-    offset[i + 1] = scan_atom<scalar_t, false>(g, bd, i, cutoff, c2, sc, nullptr, 0);
+  at::parallel_for(0, chunks.count, 1, [&](int64_t c0, int64_t c1) {
+    Scratch<scalar_t> sc(max_n);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t lo = chunks.begin(c), hi = chunks.begin(c + 1);
+      reserve_hits(hits[c], grids, ptr, nb, lo, hi, cutoff);
+      int64_t b = std::upper_bound(ptr, ptr + nb + 1, lo) - ptr - 1;
+      for (int64_t i = lo; i < hi; ++i) {
+        while (ptr[b + 1] <= i) ++b;
+        offset[i + 1] = scan_atom(grids[b], bd, i, ptr[b], cutoff, c2, sc, hits[c]);
+      }
+    }
   });
   for (int64_t i = 0; i < n; ++i) offset[i + 1] += offset[i];
   const int64_t e = offset[n];
 
+  // pass 2: expand the hits into the outputs, each atom at its offset
   const auto lopt = positions.options().dtype(at::kLong);
   at::Tensor ei = empty_output({e}, lopt), ej = empty_output({e}, lopt), sh = empty_output({e, 3}, lopt);
   at::Tensor dist = empty_output({e}, positions.options());
   at::Tensor vec = empty_output({return_vectors ? e : 0, 3}, positions.options());
   const Out<scalar_t> out{ei.data_ptr<int64_t>(), ej.data_ptr<int64_t>(), sh.data_ptr<int64_t>(),
                           dist.data_ptr<scalar_t>(), return_vectors ? vec.data_ptr<scalar_t>() : nullptr};
-  for_each_atom(grids, ptr, nb, n, max_n, [&](const Grid<scalar_t>& g, int64_t i, Scratch<scalar_t>& sc) {
-    const int64_t wrote = scan_atom<scalar_t, true>(g, bd, i, cutoff, c2, sc, &out, offset[i]);
-    TORCH_INTERNAL_ASSERT(wrote == offset[i + 1] - offset[i], "crysbench.neighbor_list: atom ", i,
-                          " counted ", offset[i + 1] - offset[i], " neighbours but found ", wrote);
+  at::parallel_for(0, chunks.count, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t lo = chunks.begin(c), hi = chunks.begin(c + 1);
+      const Hit* h = hits[c].data();
+      int64_t b = std::upper_bound(ptr, ptr + nb + 1, lo) - ptr - 1;
+      for (int64_t i = lo; i < hi; ++i) {
+        while (ptr[b + 1] <= i) ++b;
+        const int64_t k = offset[i + 1] - offset[i];
+        expand_atom(grids[b], bd, i, ptr[b], h, k, out, offset[i]);
+        h += k;
+      }
+      hits[c].release();  // free as we go
+    }
   });
   return {ei, ej, sh, dist, vec};
 }
