@@ -27,6 +27,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace crysbench {
 namespace {
@@ -292,26 +295,47 @@ struct Out {
   scalar_t *dist, *vec;  // vec may be null
 };
 
-// Per-thread scratch: squared distances of one segment and the accepted positions in it.
-template <typename scalar_t>
-struct Scratch {
-  std::vector<scalar_t> d2;
-  std::vector<int32_t> sel;
-  explicit Scratch(int64_t n) : d2(n), sel(n) {}
-};
-
-// Squared distances from a centre to n contiguous binned atoms shifted by (rx, ry, rz), and how
-// many are below c2. The one place a pair is accepted: both passes call it, so they agree.
-template <typename T>
-int64_t segment_test(const T* __restrict X, const T* __restrict Y, const T* __restrict Z, int64_t n,
-                     T rx, T ry, T rz, T c2, T* __restrict d2) {
-  for (int64_t k = 0; k < n; ++k) {
-    const T vx = X[k] + rx, vy = Y[k] + ry, vz = Z[k] + rz;
-    d2[k] = vx * vx + vy * vy + vz * vz;
+// Which of n <= 64 contiguous binned atoms, shifted by (rx, ry, rz) from a centre, lie strictly
+// within the cutoff (d^2 < c2): bit k of the result is atom k. SSE2 (baseline on x86-64) tests 2
+// doubles or 4 floats at once; the tail and other architectures use the same arithmetic in scalar.
+inline uint64_t within(const double* X, const double* Y, const double* Z, int n, double rx, double ry,
+                       double rz, double c2) {
+  uint64_t bits = 0;
+  int k = 0;
+#if defined(__SSE2__)
+  const __m128d RX = _mm_set1_pd(rx), RY = _mm_set1_pd(ry), RZ = _mm_set1_pd(rz), C2 = _mm_set1_pd(c2);
+  for (; k + 2 <= n; k += 2) {
+    const __m128d vx = _mm_add_pd(_mm_loadu_pd(X + k), RX), vy = _mm_add_pd(_mm_loadu_pd(Y + k), RY),
+                  vz = _mm_add_pd(_mm_loadu_pd(Z + k), RZ);
+    const __m128d d2 = _mm_add_pd(_mm_add_pd(_mm_mul_pd(vx, vx), _mm_mul_pd(vy, vy)), _mm_mul_pd(vz, vz));
+    bits |= uint64_t(_mm_movemask_pd(_mm_cmplt_pd(d2, C2))) << k;
   }
-  int64_t c = 0;
-  for (int64_t k = 0; k < n; ++k) c += d2[k] < c2;
-  return c;
+#endif
+  for (; k < n; ++k) {
+    const double vx = X[k] + rx, vy = Y[k] + ry, vz = Z[k] + rz;
+    bits |= uint64_t(vx * vx + vy * vy + vz * vz < c2) << k;
+  }
+  return bits;
+}
+
+inline uint64_t within(const float* X, const float* Y, const float* Z, int n, float rx, float ry, float rz,
+                       float c2) {
+  uint64_t bits = 0;
+  int k = 0;
+#if defined(__SSE2__)
+  const __m128 RX = _mm_set1_ps(rx), RY = _mm_set1_ps(ry), RZ = _mm_set1_ps(rz), C2 = _mm_set1_ps(c2);
+  for (; k + 4 <= n; k += 4) {
+    const __m128 vx = _mm_add_ps(_mm_loadu_ps(X + k), RX), vy = _mm_add_ps(_mm_loadu_ps(Y + k), RY),
+                 vz = _mm_add_ps(_mm_loadu_ps(Z + k), RZ);
+    const __m128 d2 = _mm_add_ps(_mm_add_ps(_mm_mul_ps(vx, vx), _mm_mul_ps(vy, vy)), _mm_mul_ps(vz, vz));
+    bits |= uint64_t(_mm_movemask_ps(_mm_cmplt_ps(d2, C2))) << k;
+  }
+#endif
+  for (; k < n; ++k) {
+    const float vx = X[k] + rx, vy = Y[k] + ry, vz = Z[k] + rz;
+    bits |= uint64_t(vx * vx + vy * vy + vz * vz < c2) << k;
+  }
+  return bits;
 }
 
 // Gap (in bins) between a point at in-bin position t and the bin d bins away along one axis.
@@ -377,7 +401,7 @@ class HitBuffer {
 // The pair (i, i, S = 0) is skipped; it sits in the unshifted segment of i's own row.
 template <typename scalar_t>
 int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i, int64_t base,
-                  double cutoff, scalar_t c2, Scratch<scalar_t>& sc, HitBuffer& hits) {
+                  double cutoff, scalar_t c2, HitBuffer& hits) {
   const int64_t si = bd.slot[i];
   const scalar_t xi = bd.x[si], yi = bd.y[si], zi = bd.z[si];
   const int32_t* bi = &bd.bin3[3 * i];
@@ -417,22 +441,22 @@ int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i
         const scalar_t rx = (ox[0] + oy[0] + oz[0]) - xi;
         const scalar_t ry = (ox[1] + oy[1] + oz[1]) - yi;
         const scalar_t rz = (ox[2] + oy[2] + oz[2]) - zi;
-        if (segment_test(bd.x.data() + s, bd.y.data() + s, bd.z.data() + s, n, rx, ry, rz, c2,
-                         sc.d2.data()) == 0)
-          continue;
         const int16_t sx = static_cast<int16_t>(g.shift[0][ex]);
         const int64_t skip = (dy == 0 && dz == 0 && (sx | sy | sz) == 0) ? si - s : -1;
-        int64_t m = 0;
-        for (int64_t k = 0; k < n; ++k) {  // branch-free compaction of the accepted positions
-          sc.sel[m] = static_cast<int32_t>(k);
-          m += (sc.d2[k] < c2) & (k != skip);
+        for (int64_t k0 = 0; k0 < n; k0 += 64) {  // 64 candidates per bit mask
+          const int len = static_cast<int>(std::min<int64_t>(64, n - k0));
+          uint64_t bits = within(bd.x.data() + s + k0, bd.y.data() + s + k0, bd.z.data() + s + k0, len, rx, ry,
+                                 rz, c2);
+          if (skip >= k0 && skip < k0 + len) bits &= ~(uint64_t(1) << (skip - k0));
+          if (bits == 0) continue;
+          const int m = __builtin_popcountll(bits);
+          hits.make_room(m);
+          Hit* h = hits.end();
+          const int32_t first = static_cast<int32_t>(s + k0 - base);
+          for (; bits; bits &= bits - 1) *h++ = Hit{first + __builtin_ctzll(bits), {sx, sy, sz}};
+          hits.grow_by(m);
+          count += m;
         }
-        const int32_t first = static_cast<int32_t>(s - base);
-        hits.make_room(m);
-        Hit* h = hits.end();
-        for (int64_t a = 0; a < m; ++a) h[a] = Hit{first + sc.sel[a], {sx, sy, sz}};
-        hits.grow_by(m);
-        count += m;
       }
     }
   }
@@ -447,15 +471,21 @@ void expand_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i,
   const int64_t si = bd.slot[i];
   const scalar_t xi = bd.x[si], yi = bd.y[si], zi = bd.z[si];
   const int32_t* ni = &bd.img[3 * si];
+  scalar_t r[3] = {0, 0, 0};  // image offset minus the centre, as the scan computed it
+  int16_t last[3] = {0, 0, 0};
   for (int64_t a = 0; a < n; ++a) {
     const Hit& h = hit[a];
     const int64_t j = base + h.slot, q = o + a;
-    scalar_t off[3][3];  // image offset of each axis, as the axis tables hold it
-    for (int k = 0; k < 3; ++k)
-      for (int c = 0; c < 3; ++c) off[k][c] = static_cast<scalar_t>(h.s[k] * g.cell[k][c]);
-    const scalar_t vx = bd.x[j] + ((off[0][0] + off[1][0] + off[2][0]) - xi);
-    const scalar_t vy = bd.y[j] + ((off[0][1] + off[1][1] + off[2][1]) - yi);
-    const scalar_t vz = bd.z[j] + ((off[0][2] + off[1][2] + off[2][2]) - zi);
+    if (a == 0 || h.s[0] != last[0] || h.s[1] != last[1] || h.s[2] != last[2]) {  // hits come in runs
+      scalar_t off[3][3];  // offset of each axis, as the axis tables hold it
+      for (int k = 0; k < 3; ++k)
+        for (int c = 0; c < 3; ++c) off[k][c] = static_cast<scalar_t>(h.s[k] * g.cell[k][c]);
+      r[0] = (off[0][0] + off[1][0] + off[2][0]) - xi;
+      r[1] = (off[0][1] + off[1][1] + off[2][1]) - yi;
+      r[2] = (off[0][2] + off[1][2] + off[2][2]) - zi;
+      std::copy(h.s, h.s + 3, last);
+    }
+    const scalar_t vx = bd.x[j] + r[0], vy = bd.y[j] + r[1], vz = bd.z[j] + r[2];
     const int32_t* nj = &bd.img[3 * j];
     out.ei[q] = i;
     out.ej[q] = bd.id[j];
@@ -545,8 +575,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neighbor_
     for (int64_t b = b0; b < b1; ++b)
       build_grid(grids[b], bd, pos, cellp + 9 * b, pbcp + 3 * b, ptr[b], ptr[b + 1], b, cutoff);
   });
-  int64_t max_n = 0;
-  for (int64_t b = 0; b < nb; ++b) max_n = std::max(max_n, ptr[b + 1] - ptr[b]);
 
   // pass 1: scan every atom, keeping its hits and its count
   const scalar_t c2 = static_cast<scalar_t>(cutoff) * static_cast<scalar_t>(cutoff);
@@ -554,14 +582,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neighbor_
   std::vector<HitBuffer> hits(chunks.count);
   std::vector<int64_t> offset(n + 1, 0);
   at::parallel_for(0, chunks.count, 1, [&](int64_t c0, int64_t c1) {
-    Scratch<scalar_t> sc(max_n);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t lo = chunks.begin(c), hi = chunks.begin(c + 1);
       reserve_hits(hits[c], grids, ptr, nb, lo, hi, cutoff);
       int64_t b = std::upper_bound(ptr, ptr + nb + 1, lo) - ptr - 1;
       for (int64_t i = lo; i < hi; ++i) {
         while (ptr[b + 1] <= i) ++b;
-        offset[i + 1] = scan_atom(grids[b], bd, i, ptr[b], cutoff, c2, sc, hits[c]);
+        offset[i + 1] = scan_atom(grids[b], bd, i, ptr[b], cutoff, c2, hits[c]);
       }
     }
   });
