@@ -308,7 +308,7 @@ def test_facade_rejects_bad_input(mutate, message):
 
 def test_native_entry_checks_its_inputs():
     ops.build_info()
-    ops._native()
+    ops._lib()
     pos, cells, pbc, ptr = _good()
     nl = torch.ops.crysbench.neighbor_list
     with pytest.raises(RuntimeError, match=r"crysbench\.neighbor_list: positions must be float32 or float64"):
@@ -332,7 +332,7 @@ def test_opcheck():
     """All of opcheck's default checks, including test_aot_dispatch_dynamic: the fake kernels in
     crysbench/ops/_register.py give the edge count as an unbacked symbolic size (new_dynamic_size),
     which is what an op whose output length depends on the data needs."""
-    ops._native()
+    ops._lib()
     pos, cells, pbc, ptr = random_batch(3, seed=14)
     for vectors in (True, False):
         torch.library.opcheck(torch.ops.crysbench.neighbor_list.default, (pos, cells, pbc, ptr, 5.0, vectors))
