@@ -224,6 +224,14 @@ def test_mpt_leakage_guard(store):
         mpt_pretrain_indices(store, "mean_z", [24])
 
 
+def test_symmetry_labels_from_store(store):
+    from crysbench.transfer.ssl import symmetry_labels
+
+    sg, cs = symmetry_labels(store, [3, 0, 17])
+    assert sg.shape == cs.shape == (3,)
+    assert cs.tolist() == [crystal_system(int(s)) for s in sg]
+
+
 def test_finetune_head_two_extra_layers(batch):
     model = small_model("transformer")
     finetune_head(model, n_targets=1)
@@ -245,7 +253,9 @@ def test_ssl_parts_finite_and_decrease(batch):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []
     for _ in range(30):
-        total, parts = ssl_loss(model, batch, sg, cs, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)  # the same masked atoms and negatives every step
+        total, parts = model(batch, sg, cs, gen) if len(history) % 2 else ssl_loss(model, batch, sg, cs,
+                                                                                   generator=gen)
         history.append(parts)
         opt.zero_grad()
         total.backward()
@@ -306,3 +316,39 @@ def test_distill_lambda_zero_is_plain_loss(batch):
     assert isinstance(kd.projection, nn.Identity)
     total, _ = kd.loss(batch)
     assert torch.equal(total, masked_loss(student(batch), batch.targets, batch.mask))
+    assert torch.equal(kd(batch), student(batch))
+
+
+# ------------------------------------------------------------------------------------------------
+# with the real trainer (until it has transfer hooks, its model builder is patched)
+# ------------------------------------------------------------------------------------------------
+def test_trainer_finetunes_pretrained_body(store, tmp_path, monkeypatch):
+    """Pre-train on volume_per_atom with train.run, then fine-tune mean_z with 'last_layer' (checkpoints,
+    best-model reload and evaluation included): the fine-tuned body equals the pre-trained one.
+    (The trainer cannot yet restrict pre-training to mpt_pretrain_indices; see the report.)"""
+    from crysbench import config as C
+    from crysbench.train import loop
+    from crysbench.train.checkpoint import load
+    from crysbench.train.config import RunConfig
+
+    def cfg(target: str, tag: str) -> RunConfig:
+        return C.from_dict(RunConfig, {"data": {"store": str(store), "targets": [target], "batch_size": 8},
+                                       "model": {"name": "cgcnn", "size": "xxs"}, "out_dir": str(tmp_path),
+                                       "train": {"epochs": 1, "threads": 1}, "tag": tag})
+
+    pre = loop.run(cfg("volume_per_atom", "pre"), log=lambda m: None)
+    weights = load(tmp_path / pre["run_id"] / "ckpt" / "best.pt")["model"]
+    build = loop.build_model
+
+    def pretrained(c, n_targets):
+        model = build(c, n_targets)
+        load_pretrained(model, weights)
+        apply_strategy(model, "last_layer")
+        return model
+
+    monkeypatch.setattr(loop, "build_model", pretrained)
+    ft = loop.run(cfg("mean_z", "ft"), log=lambda m: None)
+    tuned = load(tmp_path / ft["run_id"] / "ckpt" / "best.pt")["model"]
+    body = [k for k in weights if k.startswith(("embed.linear", "convs.")) and k.endswith(("weight", "bias"))]
+    assert body and all(torch.equal(tuned[k], weights[k]) for k in body)
+    assert not torch.equal(tuned["out.weight"], weights["out.weight"])

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from crysbench.graph import GraphBatch
+from crysbench.models._common import mean_pool
 from crysbench.train.metrics import masked_loss
 
 
@@ -53,8 +54,10 @@ class DistillModel(nn.Module):
         self.teacher.eval()  # the teacher's batch-norm statistics stay as trained
         return self
 
-    def forward(self, batch: GraphBatch) -> Tensor:
-        return self.student(batch)
+    def forward(self, batch: GraphBatch, target: Tensor | None = None):
+        """Student predictions [B, P]; with ``target`` [B, P], :meth:`loss` instead (so a DDP
+        wrapper, which only syncs gradients of ``forward`` calls, can train it: ``ddp(batch, y)``)."""
+        return self.student(batch) if target is None else self._loss(batch, target)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.student.parameters(), *self.projection.parameters()] if p.requires_grad]
@@ -68,11 +71,11 @@ class DistillModel(nn.Module):
     def loss(self, batch: GraphBatch, target: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and its parts ('property', 'distill'); ``target`` [B, P] defaults to batch.targets
         (pass standardised targets when training on them); the mask is ``batch.mask``."""
-        from crysbench.models._common import mean_pool
+        return self(batch, batch.targets if target is None else target)
 
+    def _loss(self, batch: GraphBatch, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.student.node_embeddings(batch)
         pred = self.student.head(mean_pool(h, batch))
-        y = batch.targets if target is None else target
         prop = masked_loss(pred, y.to(pred.dtype), batch.mask, self.kind)
         if self.lam == 0:
             return prop, {"property": prop.detach(), "distill": torch.zeros(())}

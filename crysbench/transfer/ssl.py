@@ -64,6 +64,11 @@ class SSLModel(nn.Module):
         self.spacegroup_head = mlp([d, d, N_SPACEGROUPS])
         self.projection = mlp([d, d, cfg.proj_width])
 
+    def forward(self, batch: GraphBatch, spacegroup: Tensor, crystal_system: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`ssl_loss` of this model (a forward call, so DDP synchronises its gradients)."""
+        return ssl_loss(self, batch, spacegroup, crystal_system, self.cfg, generator)
+
 
 def mask_atoms(batch: GraphBatch, frac: float, generator: torch.Generator | None = None
                ) -> tuple[GraphBatch, Tensor]:
