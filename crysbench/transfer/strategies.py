@@ -124,14 +124,20 @@ def apply_strategy(model: nn.Module, strategy: str, layers: Sequence[str | int] 
         raise ValueError("strategy 'interaction_layers' needs layers, e.g. ['alignn:0'] or ['*']")
     if strategy == "new_head":
         replace_head(model)
-    trainable: list[nn.Module] = {"unfreeze_all": lambda: [model], "new_head": lambda: head_modules(model),
-                                  "last_layer": lambda: [last_linear(model)],
-                                  "interaction_layers": lambda: select_blocks(model, layers or []) +
-                                  head_modules(model)}[strategy]()
+    trainable = _trainable_modules(model, strategy, layers or [])
     model.requires_grad_(False)
     for m in trainable:
         m.requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _trainable_modules(model: nn.Module, strategy: str, layers: Sequence[str | int]) -> list[nn.Module]:
+    if strategy == "unfreeze_all":
+        return [model]
+    if strategy == "last_layer":
+        return [last_linear(model)]
+    blocks = select_blocks(model, layers) if strategy == "interaction_layers" else []
+    return blocks + head_modules(model)
 
 
 def train_mode(model: nn.Module) -> nn.Module:
