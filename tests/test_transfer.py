@@ -322,32 +322,24 @@ def test_distill_lambda_zero_is_plain_loss(batch):
 # ------------------------------------------------------------------------------------------------
 # with the real trainer (until it has transfer hooks, its model builder is patched)
 # ------------------------------------------------------------------------------------------------
-def test_trainer_finetunes_pretrained_body(store, tmp_path, monkeypatch):
-    """Pre-train on volume_per_atom with train.run, then fine-tune mean_z with 'last_layer' (checkpoints,
-    best-model reload and evaluation included): the fine-tuned body equals the pre-trained one.
-    (The trainer cannot yet restrict pre-training to mpt_pretrain_indices; see the report.)"""
+def test_trainer_finetunes_pretrained_body(store, tmp_path):
+    """Pre-train on volume_per_atom with train.run, then fine-tune mean_z through the trainer's transfer
+    config (init_from + 'last_layer'; checkpoints, best-model reload and evaluation included): the
+    fine-tuned body equals the pre-trained one and the head moved."""
     from crysbench import config as C
     from crysbench.train import loop
     from crysbench.train.checkpoint import load
     from crysbench.train.config import RunConfig
 
-    def cfg(target: str, tag: str) -> RunConfig:
+    def cfg(target: str, tag: str, **transfer) -> RunConfig:
         return C.from_dict(RunConfig, {"data": {"store": str(store), "targets": [target], "batch_size": 8},
                                        "model": {"name": "cgcnn", "size": "xxs"}, "out_dir": str(tmp_path),
-                                       "train": {"epochs": 1, "threads": 1}, "tag": tag})
+                                       "train": {"epochs": 1, "threads": 1}, "tag": tag, "transfer": transfer})
 
     pre = loop.run(cfg("volume_per_atom", "pre"), log=lambda m: None)
-    weights = load(tmp_path / pre["run_id"] / "ckpt" / "best.pt")["model"]
-    build = loop.build_model
-
-    def pretrained(c, n_targets):
-        model = build(c, n_targets)
-        load_pretrained(model, weights)
-        apply_strategy(model, "last_layer")
-        return model
-
-    monkeypatch.setattr(loop, "build_model", pretrained)
-    ft = loop.run(cfg("mean_z", "ft"), log=lambda m: None)
+    best = tmp_path / pre["run_id"] / "ckpt" / "best.pt"
+    weights = load(best)["model"]
+    ft = loop.run(cfg("mean_z", "ft", init_from=str(best), strategy="last_layer"), log=lambda m: None)
     tuned = load(tmp_path / ft["run_id"] / "ckpt" / "best.pt")["model"]
     body = [k for k in weights if k.startswith(("embed.linear", "convs.")) and k.endswith(("weight", "bias"))]
     assert body and all(torch.equal(tuned[k], weights[k]) for k in body)

@@ -48,10 +48,21 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    init_from: str = ""                   # checkpoint to start from (e.g. runs/<id>/ckpt/best.pt)
+    init_prefix: str = ""                 # strip this key prefix (e.g. "student." of a distilled model)
+    skip_head: bool = True                # do not load the pre-trained head
+    strategy: Literal["unfreeze_all", "new_head", "last_layer", "interaction_layers"] = "unfreeze_all"
+    layers: tuple[str, ...] = ()          # interaction_layers: e.g. ["alignn:*"], ["gcn:0", "gcn:1"]
+    head_extra_layers: int = 0            # fresh head with this many extra MLP layers (MPT fine-tuning: 2)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    transfer: TransferConfig = TransferConfig()
     out_dir: str = "runs"
     tag: str = ""                         # free text carried into results (e.g. sweep name)

@@ -21,6 +21,7 @@ from crysbench.train import checkpoint
 from crysbench.train.config import RunConfig
 from crysbench.train.metrics import masked_loss, regression_metrics
 from crysbench.train.schedule import make_scheduler
+from crysbench.transfer.strategies import train_mode
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -58,6 +59,21 @@ def build_model(cfg: RunConfig, n_targets: int) -> torch.nn.Module:
     return models.build(cfg.model.name, ladder[cfg.model.size])
 
 
+def _prepare_transfer(model, cfg: RunConfig, n_targets: int, log) -> list:
+    """Load pre-trained weights, reshape the head and freeze per the strategy; the trainable params."""
+    from crysbench.transfer.strategies import apply_strategy, load_pretrained, replace_head, trainable_parameters
+
+    t = cfg.transfer
+    if t.init_from:
+        report = load_pretrained(model, checkpoint.load(t.init_from)["model"], skip_head=t.skip_head,
+                                 prefix=t.init_prefix)
+        log(f"initialised from {t.init_from}: {len(report.loaded)} tensors loaded, {len(report.fresh)} fresh")
+    if t.head_extra_layers:
+        replace_head(model, n_targets, t.head_extra_layers)
+    apply_strategy(model, t.strategy, list(t.layers) or None)
+    return trainable_parameters(model)
+
+
 @torch.no_grad()
 def evaluate(model, batches, normalizer, names, device, precision) -> tuple[dict, dict]:
     """Metrics in original units and the raw predictions (ids, y, ŷ) over an iterable of batches."""
@@ -71,7 +87,7 @@ def evaluate(model, batches, normalizer, names, device, precision) -> tuple[dict
         targets.append(batch.targets.cpu().double())
         masks.append(batch.mask.cpu())
         ids.extend(getattr(batch, "ids", None) or [])
-    model.train()
+    train_mode(model)
     if not preds:
         return {}, {}
     p, t, m = torch.cat(preds), torch.cat(targets), torch.cat(masks)
@@ -112,13 +128,15 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
     torch.manual_seed(cfg.train.seed)
     data = make_run_data(cfg.data, de, seed=cfg.train.seed)
     normalizer, names = data.normalizer, list(data.target_names)
-    model = build_model(cfg, len(names)).to(device)
+    model = build_model(cfg, len(names))
+    trainable = _prepare_transfer(model, cfg, len(names), log)
+    model = model.to(device)
     core = model
     if de.world_size > 1:
         if device.type == "cuda":  # batch statistics over the global batch (CPU has no SyncBatchNorm)
             core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core)
-    opt = torch.optim.AdamW(core.parameters(), lr=cfg.optim.max_lr, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(trainable, lr=cfg.optim.max_lr, weight_decay=cfg.optim.weight_decay)
     steps_per_epoch = data.steps_per_epoch
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps:
@@ -152,7 +170,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
     # ---- loop -------------------------------------------------------------------------------
     stop = step >= total_steps
     while epoch < cfg.train.epochs and not stop:
-        model.train()
+        train_mode(core)  # frozen blocks stay in eval mode: their batch-norm statistics do not move
         t0, ep_loss, ep_n = time.perf_counter(), 0.0, 0
         for k, batch in enumerate(data.train_batches(epoch)):
             if k < skip:
@@ -169,7 +187,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             if scaler:
                 scaler.unscale_(opt)
             if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optim.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
             scaler.step(opt) if scaler else opt.step()
             if scaler:
                 scaler.update()
