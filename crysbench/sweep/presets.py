@@ -45,7 +45,7 @@ def resolve_store(path: str | None) -> str:
             raise FileNotFoundError(f"{path}: not a crysbench store (no manifest.json); make one with "
                                     "`python -m crysbench ingest`")
         return str(Path(path).resolve())
-    from crysbench.datasets import builtin_store
+    from crysbench.builtin import builtin_store
 
     cache = Path(os.environ.get("CRYSBENCH_CACHE", Path.home() / ".cache" / "crysbench"))
     return str(builtin_store(cache))
