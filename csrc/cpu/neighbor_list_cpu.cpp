@@ -6,10 +6,13 @@
 //      original positions: S = S' + n_i - n_j;
 //   2. atoms are counting-sorted into a grid of bins (per axis, from the distance between lattice
 //      planes) and stored contiguously (SoA) in bin order;
-//   3. each atom scans the bins within reach of the cutoff; a bin index outside [0, nb) on a periodic
-//      axis is an image of a bin inside, which is how cutoffs longer than the cell are handled.
-// Two passes over the atoms (count, then fill at exact offsets) write the output once, in order of
-// edge_i, whatever the number of threads; both passes share one scan so they take the same decisions.
+//   3. each atom scans the bins within reach of the cutoff, a row of x-bins at a time (contiguous
+//      slots), testing candidates with a vectorized bit mask; a bin index outside [0, nb) on a
+//      periodic axis is an image of a bin inside, which is how cutoffs longer than the cell work.
+// Pass 1 scans fixed chunks of atoms in parallel, keeping compact hits (partner slot, image) and a
+// count per atom; a prefix sum gives every atom its offset, and pass 2 expands the hits into the
+// outputs at those offsets. The output is written once, sorted by edge_i, and is the same for any
+// number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -206,6 +209,8 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
   const bool periodic[3] = {pbcp[0], pbcp[1], pbcp[2]};
   for (int k = 0; k < 3; ++k) g.periodic[k] = periodic[k];
   const int64_t n = hi - lo;
+  CB_CHECK(kOp, n < std::numeric_limits<int32_t>::max(), "crystal ", b, " has ", n,
+           " atoms; at most 2^31 - 2 fit");
 
   // Fractional coordinates, wrapped on periodic axes; non-periodic axes span [fmin, fmax].
   std::vector<double> frac(3 * n);
@@ -555,7 +560,7 @@ void reserve_hits(HitBuffer& hits, const std::vector<Grid<scalar_t>>& grids, con
     const double atoms = double(std::min(hi, ptr[b + 1]) - std::max(lo, ptr[b]));
     expect += atoms * double(ptr[b + 1] - ptr[b]) / grids[b].volume * sphere;
   }
-  hits.reserve(static_cast<size_t>(std::min(1.2 * expect + 64.0, 1e9)));
+  hits.reserve(static_cast<size_t>(std::min(1.2 * expect + 64.0, double(1 << 24))));  // grows if needed
 }
 
 template <typename scalar_t>
