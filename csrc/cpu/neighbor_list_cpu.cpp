@@ -199,7 +199,8 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
     for (int j = 0; j < 3; ++j) cell[i][j] = static_cast<double>(cellp[3 * i + j]);
   const double det = det3(cell);
   double scale = 1;
-  for (int i = 0; i < 3; ++i) scale *= std::sqrt(cell[i][0] * cell[i][0] + cell[i][1] * cell[i][1] + cell[i][2] * cell[i][2]);
+  for (int i = 0; i < 3; ++i)
+    scale *= std::sqrt(cell[i][0] * cell[i][0] + cell[i][1] * cell[i][1] + cell[i][2] * cell[i][2]);
   CB_CHECK(kOp, std::isfinite(det) && std::abs(det) > 1e-10 * scale, "cell of crystal ", b,
            " is singular or not finite (det = ", det, " Å^3); expected three independent lattice vectors");
   const Mat3 inv = inverse3(cell, det);
@@ -246,7 +247,8 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
     g.reach[k] = plan.reach[k];
     g.width[k] = plan.width[k];
     CB_CHECK(kOp, g.reach[k] <= kMaxReach, "cutoff ", cutoff, " Å spans more than ", kMaxReach,
-             " images of cell ", b, " along lattice vector ", k, "; expected a cutoff comparable to the cell");
+             " images of cell ", b, " along lattice vector ", k,
+             "; expected a cutoff comparable to the cell");
     if (span[k] <= 0) span[k] = 1;  // flat extent: one bin of any width
   }
   Mat3 metric;  // Gram matrix of the bin edge vectors
@@ -450,8 +452,8 @@ int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i
         const int64_t skip = (dy == 0 && dz == 0 && (sx | sy | sz) == 0) ? si - s : -1;
         for (int64_t k0 = 0; k0 < n; k0 += 64) {  // 64 candidates per bit mask
           const int len = static_cast<int>(std::min<int64_t>(64, n - k0));
-          uint64_t bits = within(bd.x.data() + s + k0, bd.y.data() + s + k0, bd.z.data() + s + k0, len, rx, ry,
-                                 rz, c2);
+          const int64_t f = s + k0;
+          uint64_t bits = within(bd.x.data() + f, bd.y.data() + f, bd.z.data() + f, len, rx, ry, rz, c2);
           if (skip >= k0 && skip < k0 + len) bits &= ~(uint64_t(1) << (skip - k0));
           if (bits == 0) continue;
           const int m = __builtin_popcountll(bits);
