@@ -6,10 +6,13 @@
 //      original positions: S = S' + n_i - n_j;
 //   2. atoms are counting-sorted into a grid of bins (per axis, from the distance between lattice
 //      planes) and stored contiguously (SoA) in bin order;
-//   3. each atom scans the bins within reach of the cutoff; a bin index outside [0, nb) on a periodic
-//      axis is an image of a bin inside, which is how cutoffs longer than the cell are handled.
-// Two passes over the atoms (count, then fill at exact offsets) write the output once, in order of
-// edge_i, whatever the number of threads; both passes share one scan so they take the same decisions.
+//   3. each atom scans the bins within reach of the cutoff, a row of x-bins at a time (contiguous
+//      slots), testing candidates with a vectorized bit mask; a bin index outside [0, nb) on a
+//      periodic axis is an image of a bin inside, which is how cutoffs longer than the cell work.
+// Pass 1 scans fixed chunks of atoms in parallel, keeping compact hits (partner slot, image) and a
+// count per atom; a prefix sum gives every atom its offset, and pass 2 expands the hits into the
+// outputs at those offsets. The output is written once, sorted by edge_i, and is the same for any
+// number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -196,7 +199,8 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
     for (int j = 0; j < 3; ++j) cell[i][j] = static_cast<double>(cellp[3 * i + j]);
   const double det = det3(cell);
   double scale = 1;
-  for (int i = 0; i < 3; ++i) scale *= std::sqrt(cell[i][0] * cell[i][0] + cell[i][1] * cell[i][1] + cell[i][2] * cell[i][2]);
+  for (int i = 0; i < 3; ++i)
+    scale *= std::sqrt(cell[i][0] * cell[i][0] + cell[i][1] * cell[i][1] + cell[i][2] * cell[i][2]);
   CB_CHECK(kOp, std::isfinite(det) && std::abs(det) > 1e-10 * scale, "cell of crystal ", b,
            " is singular or not finite (det = ", det, " Å^3); expected three independent lattice vectors");
   const Mat3 inv = inverse3(cell, det);
@@ -206,6 +210,8 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
   const bool periodic[3] = {pbcp[0], pbcp[1], pbcp[2]};
   for (int k = 0; k < 3; ++k) g.periodic[k] = periodic[k];
   const int64_t n = hi - lo;
+  CB_CHECK(kOp, n < std::numeric_limits<int32_t>::max(), "crystal ", b, " has ", n,
+           " atoms; at most 2^31 - 2 fit");
 
   // Fractional coordinates, wrapped on periodic axes; non-periodic axes span [fmin, fmax].
   std::vector<double> frac(3 * n);
@@ -241,7 +247,8 @@ void build_grid(Grid<scalar_t>& g, Binned<scalar_t>& bd, const scalar_t* pos, co
     g.reach[k] = plan.reach[k];
     g.width[k] = plan.width[k];
     CB_CHECK(kOp, g.reach[k] <= kMaxReach, "cutoff ", cutoff, " Å spans more than ", kMaxReach,
-             " images of cell ", b, " along lattice vector ", k, "; expected a cutoff comparable to the cell");
+             " images of cell ", b, " along lattice vector ", k,
+             "; expected a cutoff comparable to the cell");
     if (span[k] <= 0) span[k] = 1;  // flat extent: one bin of any width
   }
   Mat3 metric;  // Gram matrix of the bin edge vectors
@@ -445,8 +452,8 @@ int64_t scan_atom(const Grid<scalar_t>& g, const Binned<scalar_t>& bd, int64_t i
         const int64_t skip = (dy == 0 && dz == 0 && (sx | sy | sz) == 0) ? si - s : -1;
         for (int64_t k0 = 0; k0 < n; k0 += 64) {  // 64 candidates per bit mask
           const int len = static_cast<int>(std::min<int64_t>(64, n - k0));
-          uint64_t bits = within(bd.x.data() + s + k0, bd.y.data() + s + k0, bd.z.data() + s + k0, len, rx, ry,
-                                 rz, c2);
+          const int64_t f = s + k0;
+          uint64_t bits = within(bd.x.data() + f, bd.y.data() + f, bd.z.data() + f, len, rx, ry, rz, c2);
           if (skip >= k0 && skip < k0 + len) bits &= ~(uint64_t(1) << (skip - k0));
           if (bits == 0) continue;
           const int m = __builtin_popcountll(bits);
@@ -555,7 +562,7 @@ void reserve_hits(HitBuffer& hits, const std::vector<Grid<scalar_t>>& grids, con
     const double atoms = double(std::min(hi, ptr[b + 1]) - std::max(lo, ptr[b]));
     expect += atoms * double(ptr[b + 1] - ptr[b]) / grids[b].volume * sphere;
   }
-  hits.reserve(static_cast<size_t>(std::min(1.2 * expect + 64.0, 1e9)));
+  hits.reserve(static_cast<size_t>(std::min(1.2 * expect + 64.0, double(1 << 24))));  // grows if needed
 }
 
 template <typename scalar_t>
