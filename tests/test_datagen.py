@@ -71,13 +71,14 @@ def _check_record(r: dict, name: str) -> None:
     where = f"{name} record {r['id']}"
     assert cell.shape == (3, 3) and pos.shape == (len(r["numbers"]), 3) and len(r["numbers"]) >= 1, where
     assert np.isfinite(cell).all() and np.isfinite(pos).all(), where
-    # dense pyxtal hydrogen reaches ~1.4 Å^3/atom; the generator's filter is d_ij >= 0.6 (r_i + r_j)
-    assert abs(np.linalg.det(cell)) / len(r["numbers"]) > 1.0, f"{where}: volume/atom too small"
+    # The generator's filter is d_ij >= 0.6 (r_cov_i + r_cov_j), so a few random pyxtal crystals of
+    # pure H or He are ultra-dense (0.75 Å^3/atom, He–He 0.36 Å); these bounds hold for every record.
+    assert abs(np.linalg.det(cell)) / len(r["numbers"]) > 0.5, f"{where}: volume/atom too small"
     assert all(1 <= z <= 118 for z in r["numbers"]) and r["pbc"] == [True] * 3, where
     assert 1 <= r["spacegroup"] <= 230, where
     assert r["crystal_system"] == L.crystal_system(r["spacegroup"]), where
     assert all(isinstance(v, float | int) and math.isfinite(v) for v in r["targets"].values()), where
-    assert r["targets"].get("min_distance", 1.0) > 0.4, where
+    assert r["targets"].get("min_distance", 1.0) > 0.3, where
 
 
 @pytest.mark.parametrize("name", PRESENT)
@@ -86,6 +87,8 @@ def test_records_are_sane(name, records):
     for r in recs:
         _check_record(r, name)
     assert len({r["id"] for r in recs}) == len(recs), f"{name}: duplicate ids"
+    dense = sum(abs(np.linalg.det(np.asarray(r["cell"]))) / len(r["numbers"]) < 3.0 for r in recs)
+    assert dense <= 0.005 * len(recs), f"{name}: {dense} crystals under 3 Å^3/atom"
 
 
 def test_labelled_targets_and_mix(records):
