@@ -6,11 +6,11 @@ PIP ?= $(PY) -m pip
 
 setup:  ## install dependencies (CPU torch pinned first) and build the native extension in place
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt -r requirements-datagen.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
-run: setup  ## the main job (kernel benchmark report until the scaling sweep lands)
-	$(PY) -m crysbench bench-kernels --out results/kernels
+run: setup  ## the main job: a quick data-axis scaling sweep on the built-in dataset (plan, train, fit, plot)
+	$(PY) -m crysbench sweep --axis data --model cgcnn --preset quick
 
 test: setup  ## the test suite (what CI runs)
 	$(PY) -m pytest -q tests

@@ -70,6 +70,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datagen(args: argparse.Namespace) -> int:
+    from crysbench.datagen import datagen_main, experimental_main
+
+    datagen_main(args.out, args.n_labelled, args.n_untagged, args.seed, args.workers)
+    if args.experimental:
+        experimental_main(args.out, args.seed, args.workers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crysbench", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -108,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="seeded, dedup-aware train/val/test split with nested subsets")
     store_cli.add_split_args(p)
     p.set_defaults(func=store_cli.split_main)
+    p = sub.add_parser("datagen", help="regenerate the built-in offline dataset (needs requirements-datagen.txt)")
+    p.add_argument("--out", default="crysbench/datasets/builtin", help="output folder")
+    p.add_argument("--n-labelled", type=int, default=10000)
+    p.add_argument("--n-untagged", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--experimental", action="store_true", help="also the experimental formation-enthalpy set")
+    p.set_defaults(func=_cmd_datagen)
     from crysbench.sweep.cli import add_arguments
 
     p = sub.add_parser("sweep", help="plan, launch and monitor a scaling-law sweep along one axis")
