@@ -9,7 +9,7 @@ from pathlib import Path
 from crysbench.sweep.plan import SweepConfig
 from crysbench.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
-QUICK_TARGET = "formation_energy_per_atom"
+QUICK_TARGET = "chgnet_formation_energy_per_atom"
 
 
 def _smallest(model: str) -> str:
@@ -30,9 +30,21 @@ def quick(axis: str, model: str) -> SweepConfig:
 
 
 def full(axis: str, model: str) -> SweepConfig:
+    """The committed study: data axis 64 → the whole training split (2^k); params axis over the ladder
+    (without the CPU-prohibitive top rung) at 2,048 training crystals; compute axis on 4 budgets."""
     q = quick(axis, model)
-    base = dataclasses.replace(q.base, train=dataclasses.replace(q.base.train, epochs=40, early_stop_patience=8))
-    return dataclasses.replace(q, base=base, data_sizes=(), min_size=128, flop_budgets=(1e12, 3e12, 1e13, 3e13))
+    base = q.base
+    if axis != "data":
+        base = dataclasses.replace(base, data=dataclasses.replace(base.data, train_size=2048))
+    sizes = tuple(s for s in _ladder(model) if s != "xl")
+    return dataclasses.replace(q, base=base, data_sizes=(), min_size=64, model_sizes=sizes,
+                               flop_budgets=(1e12, 3e12, 1e13, 3e13))
+
+
+def _ladder(model: str) -> list[str]:
+    from crysbench import models
+
+    return list(models.get(model).size_ladder())
 
 
 PRESETS = {"quick": quick, "full": full}

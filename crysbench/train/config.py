@@ -9,7 +9,7 @@ from typing import Literal
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     store: str = ""                       # path to an HDF5 graph store (crysbench ingest / datagen)
-    targets: tuple[str, ...] = ("formation_energy_per_atom",)
+    targets: tuple[str, ...] = ("chgnet_formation_energy_per_atom",)
     split_seed: int = 0                   # seeds the train/val/test split (not the model)
     val_frac: float = 0.1
     test_frac: float = 0.1
