@@ -72,7 +72,11 @@ def main(args: argparse.Namespace) -> int:
     plan_dir = Path(args.out or f"sweeps/{cfg.name}")
     from crysbench.train.data import count_train
 
-    plan = write_plan(cfg, plan_dir, n_train=count_train(cfg.base.data))
+    import shlex
+    import sys
+
+    command = "python -m crysbench " + shlex.join(sys.argv[1:])
+    plan = write_plan(cfg, plan_dir, n_train=count_train(cfg.base.data), command=command)
     print(f"plan {plan_dir}: {len(plan['runs'])} runs along {cfg.axis}")
     if args.action == "plan" or args.launcher == "none":
         return 0

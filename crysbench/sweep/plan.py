@@ -77,15 +77,15 @@ def _replace(cfg: RunConfig, **sections) -> RunConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def write_plan(sweep: SweepConfig, folder: Path, n_train: int | None = None) -> dict:
+def write_plan(sweep: SweepConfig, folder: Path, n_train: int | None = None, command: str = "") -> dict:
     """Write plan.json and one config per run (atomically); runs go to ``folder/runs``."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # array tasks may start in another working directory
     sweep = dataclasses.replace(sweep, base=dataclasses.replace(sweep.base, out_dir=str(folder / "runs")))
     runs = expand(sweep, n_train)
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     for r in runs:
         _atomic_text(folder / "configs" / f"{r['run_id']}.yaml", C.dump_yaml(C.from_dict(RunConfig, r["config"])))
-    plan = {"sweep": C.to_dict(sweep), "axis": sweep.axis, "runs": runs}
+    plan = {"sweep": C.to_dict(sweep), "axis": sweep.axis, "command": command, "runs": runs}
     _atomic_text(folder / "plan.json", json.dumps(plan, indent=1))
     return plan
 

@@ -31,14 +31,17 @@ def quick(axis: str, model: str) -> SweepConfig:
 
 def full(axis: str, model: str) -> SweepConfig:
     """The committed study: data axis 64 → the whole training split (2^k); params axis over the ladder
-    (without the CPU-prohibitive top rung) at 2,048 training crystals; compute axis on 4 budgets."""
+    (without the CPU-prohibitive top rung) at 2,048 training crystals; compute axis: the three smallest
+    rungs under 4 FLOP budgets (1e9–3e10 training FLOPs, as counted by torch) at 2,048 crystals."""
     q = quick(axis, model)
     base = q.base
     if axis != "data":
         base = dataclasses.replace(base, data=dataclasses.replace(base.data, train_size=2048))
     sizes = tuple(s for s in _ladder(model) if s != "xl")
+    if axis == "compute":  # budgets a 2-core machine finishes in minutes; smallest rungs only
+        sizes = sizes[:3]
     return dataclasses.replace(q, base=base, data_sizes=(), min_size=64, model_sizes=sizes,
-                               flop_budgets=(1e12, 3e12, 1e13, 3e13))
+                               flop_budgets=(1e9, 3e9, 1e10, 3e10))
 
 
 def _ladder(model: str) -> list[str]:

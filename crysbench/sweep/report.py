@@ -156,7 +156,13 @@ def report_sweep(plan_dir: str | Path, results: str | Path = "results/scaling", 
         return {"text": f"{name}: no finished runs yet", "dir": str(out), "fits": {}}
     out.mkdir(parents=True, exist_ok=True)
     fits = fit_losses(plan, records, n_boot=n_boot)
-    command = f"python -m crysbench fit {plan_dir}"
+    try:
+        shown = plan_dir.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = plan_dir
+    command = f"python -m crysbench fit {shown}"
+    if plan.get("command"):
+        command = f"{plan['command']}` then `{command}"
     _atomic(out / "points.csv", _points_csv(records))
     fit_json = {k: (f["comparison"].to_dict() if "comparison" in f else {"error": f["error"]}) | {
         "points": f["points"].rows()} for k, f in fits.items()}
