@@ -19,15 +19,6 @@ from crysbench.synthetic import random_batch
 SPEC = GraphSpec(cutoff=4.0, max_neighbors=6, triplets=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ops_backend():
-    """Use the native ops when they are built here, else the pure-torch reference."""
-    with pytest.MonkeyPatch.context() as mp:
-        try:
-            ops.neighbor_list(*random_batch(1, atoms=(2, 2), seed=0), 2.0)
-        except Exception:
-            mp.setenv("CRYSBENCH_OPS", "ref")
-        yield
 
 
 class Crystal:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from crysbench import ops, synthetic
+from crysbench import synthetic
 from crysbench.graph import GraphBatch, build_graph
 from crysbench.models import MODELS, build
 from crysbench.store.shard import crystal_system
@@ -42,26 +42,7 @@ SMALL = {  # two message-passing blocks each (ALIGNN: one 3-body + one 2-body), 
 LAYERS = {"alignn": [["alignn:0"], ["gcn:-1"], ["alignn:*", "gcn:0"]]}
 
 
-def _native_works() -> bool:
-    try:
-        pos, cells, pbc, ptr = synthetic.fcc_supercell(1)
-        i, j, s, d, v = ops.neighbor_list(pos, cells, pbc, ptr, 3.0)
-        ops.knn_cap(i, d, 4, 2)
-        ops.triplets(i, v, 4)
-        ops.scatter(d[:, None], i, 4, "max")
-        ops.segment_csr(d[:, None], torch.tensor([0, i.shape[0]]), "sum")
-        ops.gather_mul_scatter(v, v, i, j, 4)
-    except Exception:  # no build or missing kernel: use the reference ops
-        return False
-    return True
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ops_backend():
-    with pytest.MonkeyPatch.context() as mp:
-        if not _native_works():
-            mp.setenv("CRYSBENCH_OPS", "ref")
-        yield ops.backend()
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +315,8 @@ def test_trainer_finetunes_pretrained_body(store, tmp_path):
     def cfg(target: str, tag: str, **transfer) -> RunConfig:
         return C.from_dict(RunConfig, {"data": {"store": str(store), "targets": [target], "batch_size": 8},
                                        "model": {"name": "cgcnn", "size": "xxs"}, "out_dir": str(tmp_path),
-                                       "train": {"epochs": 1, "threads": 1}, "tag": tag, "transfer": transfer})
+                                       "train": {"epochs": 1, "threads": 1}, "tag": tag,
+                                       "transfer": transfer})
 
     pre = loop.run(cfg("volume_per_atom", "pre"), log=lambda m: None)
     best = tmp_path / pre["run_id"] / "ckpt" / "best.pt"
