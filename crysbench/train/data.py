@@ -36,12 +36,87 @@ def ensure_split(cfg: DataConfig) -> dict[str, np.ndarray]:
 
 
 def train_indices(cfg: DataConfig, parts: dict[str, np.ndarray]) -> np.ndarray:
-    """The training crystals: the whole train part or a nested subset of ``train_size``."""
+    """The training crystals: the train part (or its pre-training / fine-tuning pool), or a subset of
+    ``train_size`` drawn by ``cfg.sampling`` (random subsets are nested: each inside every larger one)."""
     from crysbench.store.splits import nested_subsets
 
+    ids = pool_indices(cfg, parts["train"])
+    if cfg.pool != "all":  # transfer studies: only crystals labelled for a target of this run
+        ids = ids[_labelled(cfg.store, ids, list(cfg.targets))]
     if cfg.train_size is None:
-        return parts["train"]
-    return nested_subsets(parts["train"], [cfg.train_size], seed=cfg.split_seed)[cfg.train_size]
+        return ids
+    seed = cfg.split_seed if cfg.subset_seed is None else cfg.subset_seed
+    if cfg.train_size > len(ids):
+        raise ValueError(f"train_size {cfg.train_size} exceeds the {len(ids)} crystals of the "
+                         f"{cfg.pool!r} pool of {cfg.store}")
+    if cfg.sampling == "random":
+        return nested_subsets(ids, [cfg.train_size], seed=seed)[cfg.train_size]
+    values = _first_target(cfg.store, ids, cfg.targets[0])
+    return sample_subset(ids, values, cfg.train_size, cfg.sampling, seed)
+
+
+def pool_indices(cfg: DataConfig, train: np.ndarray) -> np.ndarray:
+    """``pool='finetune'``: ``ft_pool_size`` crystals of a permutation of the train part seeded by the
+    split seed; ``'pretrain'``: the rest; ``'all'``: the whole part. The two pools never overlap."""
+    if cfg.pool == "all":
+        return train
+    if not 0 < cfg.ft_pool_size < len(train):
+        raise ValueError(f"ft_pool_size {cfg.ft_pool_size} must lie in 1..{len(train) - 1} "
+                         f"(the train part of {cfg.store} has {len(train)} crystals)")
+    perm = np.random.default_rng([cfg.split_seed, 7]).permutation(train)
+    chosen = perm[:cfg.ft_pool_size] if cfg.pool == "finetune" else perm[cfg.ft_pool_size:]
+    return np.sort(chosen)
+
+
+def sample_subset(ids: np.ndarray, values: np.ndarray, n: int, kind: str, seed: int,
+                  bins: int = 10) -> np.ndarray:
+    """``n`` of ``ids`` drawn by value: ``weighted`` keeps the histogram of ``values`` (stratified over
+    ``bins`` equal-width bins, counts by largest remainder); ``uniform`` takes equal counts from every
+    non-empty bin (bins with too few crystals give all they have, the rest is shared by the others)."""
+    ids, values = np.asarray(ids), np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng([seed, 2])
+    edges = np.linspace(values.min(), values.max(), bins + 1)
+    which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
+    members = [rng.permutation(np.nonzero(which == b)[0]) for b in range(bins)]
+    sizes = np.array([len(m) for m in members])
+    if kind == "weighted":
+        share = n * sizes / sizes.sum()
+        take = np.floor(share).astype(int)
+        extra = np.argsort(-(share - take), kind="stable")[: n - take.sum()]
+        take[extra] += 1
+    elif kind == "uniform":
+        take, left, open_ = np.zeros(bins, dtype=int), n, sizes > 0
+        while left > 0:
+            room = sizes - take
+            open_ &= room > 0
+            per = max(1, left // int(open_.sum()))
+            for b in np.nonzero(open_)[0]:
+                k = min(per, room[b], left)
+                take[b] += k
+                left -= k
+                if left == 0:
+                    break
+    else:
+        raise ValueError(f"sampling must be random, weighted or uniform, got {kind!r}")
+    return np.sort(np.concatenate([ids[m[:k]] for m, k in zip(members, take, strict=True)]))
+
+
+def _labelled(store: str, ids: np.ndarray, names: list[str]) -> np.ndarray:
+    from crysbench.store import open_store
+
+    st = open_store(store, verify=False)
+    cols = [st.target_names.index(t) for t in names if t in st.target_names]
+    if len(cols) != len(names):
+        raise ValueError(f"{store}: targets {sorted(set(names) - set(st.target_names))} not in the store "
+                         f"(has {st.target_names})")
+    return np.asarray(st.column("mask"))[np.asarray(ids, dtype=np.int64)][:, cols].any(1)
+
+
+def _first_target(store: str, ids: np.ndarray, name: str) -> np.ndarray:
+    from crysbench.store import open_store
+
+    st = open_store(store, verify=False)
+    return np.asarray(st.column("targets"))[np.asarray(ids, dtype=np.int64), st.target_names.index(name)]
 
 
 def count_train(cfg: DataConfig) -> int:

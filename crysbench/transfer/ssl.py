@@ -15,7 +15,6 @@ Four objectives on :meth:`CrysGNN.encode`'s node embeddings h [N, D]:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,38 +23,17 @@ from torch import Tensor, nn
 from crysbench.features import BINNINGS
 from crysbench.graph import GraphBatch
 from crysbench.models._common import mean_pool, mlp
+from crysbench.train.config import SSLConfig
 
 N_SPACEGROUPS = 230
-
-
-@dataclass(frozen=True)
-class SSLConfig:
-    """Loss weights, masking, pair sampling and the contrastive temperature τ."""
-
-    w_node: float = 1.0
-    w_bond: float = 1.0
-    w_multiplicity: float = 1.0
-    w_spacegroup: float = 1.0
-    w_contrastive: float = 1.0
-    mask_frac: float = 0.15  # atoms whose features are hidden; 0 reconstructs all atoms unmasked
-    negatives_per_edge: float = 1.0  # sampled unbonded pairs per bonded pair (before filtering)
-    max_images: int = 4  # multiplicity classes 1..max_images (the last is "max_images or more")
-    temperature: float = 0.1
-    proj_width: int = 32  # contrastive projection size
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_frac <= 1.0:
-            raise ValueError(f"SSLConfig.mask_frac must be in [0, 1], got {self.mask_frac}")
-        if self.temperature <= 0 or self.max_images < 1:
-            raise ValueError(f"SSLConfig: need temperature > 0 and max_images >= 1, got "
-                             f"{self.temperature}, {self.max_images}")
 
 
 class SSLModel(nn.Module):
     """A crysgnn ``encoder`` plus the pre-training heads (the encoder's own property head is unused)."""
 
-    def __init__(self, encoder: nn.Module, cfg: SSLConfig = SSLConfig()) -> None:
+    def __init__(self, encoder: nn.Module, cfg: SSLConfig | None = None) -> None:
         super().__init__()
+        cfg = cfg or SSLConfig()
         d = encoder.config.width
         self.encoder, self.cfg = encoder, cfg
         self.group_sizes = [b.width for b in BINNINGS]
