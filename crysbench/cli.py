@@ -55,6 +55,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return sweep_cli.main(args)
 
 
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from crysbench.transfer import cli as transfer_cli
+
+    return transfer_cli.main(args)
+
+
 def _cmd_sweep_task(args: argparse.Namespace) -> int:
     from crysbench.sweep.runner import run_index
 
@@ -130,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="plan, launch and monitor a scaling-law sweep along one axis")
     add_arguments(p)
     p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("transfer", help="transfer-learning studies: pairwise, strategies, mpt, distill, exp")
+    from crysbench.transfer.cli import add_arguments as transfer_arguments
+
+    transfer_arguments(p)
+    p.set_defaults(func=_cmd_transfer)
     p = sub.add_parser("sweep-task", help="train one point of a plan (the body of a Slurm array task)")
     p.add_argument("plan", help="plan folder")
     p.add_argument("index", type=int, help="point index (SLURM_ARRAY_TASK_ID)")

@@ -40,16 +40,48 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class Busy(RuntimeError):
+    """Another process holds the point (two local drivers on one plan, or a shared run of two studies)."""
+
+
+def _lock(folder: Path):
+    """An exclusive, non-blocking lock on ``folder/.lock`` (released when the process dies); None if taken.
+    Only rank 0 locks: the other DDP ranks of a point run alongside it."""
+    import fcntl
+
+    f = open(folder / ".lock", "a")  # noqa: SIM115 (held for the point's lifetime)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
 def run_index(plan_dir: str | Path, index: int) -> dict:
-    """Train point ``index`` of a plan (resuming if it has a checkpoint); the Slurm array task body."""
+    """Train point ``index`` of a plan (resuming if it has a checkpoint); the Slurm array task body.
+    Raises :class:`Busy` when another process is training the same point."""
     plan = load_plan(Path(plan_dir))
     cfg = run_config(plan, index)
     folder = run_dir(cfg)
     if (folder / "final.json").exists():
         return json.loads((folder / "final.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "FAILED").unlink(missing_ok=True)
     rank0 = int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) == 0
+    lock = _lock(folder) if rank0 else None
+    if rank0 and lock is None:
+        raise Busy(f"{folder} is being trained by another process")
+    try:
+        return _run_point(cfg, folder, rank0)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_point(cfg, folder: Path, rank0: bool) -> dict:
+    if (folder / "final.json").exists():  # finished while we waited for the lock
+        return json.loads((folder / "final.json").read_text())
+    (folder / "FAILED").unlink(missing_ok=True)
     if rank0:
         (folder / "RUNNING").write_text(json.dumps({
             "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
@@ -88,13 +120,26 @@ def pending_indices(plan_dir: str | Path, retry_failed: bool = True) -> list[int
     return [r["index"] for r in status(plan_dir) if r["state"] in todo]
 
 
-def run_local(plan_dir: str | Path, retry_failed: bool = True) -> list[int]:
-    """Run every unfinished point in this process, in order; returns the indices that failed."""
+def run_local(plan_dir: str | Path, retry_failed: bool = True, poll_s: float = 5.0) -> list[int]:
+    """Run every unfinished point in this process, stage by stage; returns the indices that failed.
+
+    Several drivers may run one plan (or studies sharing runs) at once: a point another process is
+    training is skipped, and a stage is only left once all its points are finished or failed, so a
+    fine-tuning run never starts before its pre-training checkpoint exists.
+    """
+    plan = load_plan(Path(plan_dir))
+    stage_of = [r.get("stage", 0) for r in plan["runs"]]
     failed = []
-    for i in pending_indices(plan_dir, retry_failed):
-        try:
-            run_index(plan_dir, i)
-        except Exception as exc:  # recorded in FAILED; keep going with the other points
-            print(f"point {i} failed: {exc}", flush=True)
-            failed.append(i)
+    for stage in sorted(set(stage_of)):
+        todo = [i for i in pending_indices(plan_dir, retry_failed) if stage_of[i] == stage]
+        for i in todo:
+            try:
+                run_index(plan_dir, i)
+            except Busy:
+                continue
+            except Exception as exc:  # recorded in FAILED; keep going with the other points
+                print(f"point {i} failed: {exc}", flush=True)
+                failed.append(i)
+        while any(stage_of[r["index"]] == stage and r["state"] == "running" for r in status(plan_dir)):
+            time.sleep(poll_s)  # points of this stage that another driver is still training
     return failed

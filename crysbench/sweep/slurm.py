@@ -69,23 +69,52 @@ def _executor(folder: Path, site: SlurmSite, name: str, cluster: str | None):
     return ex
 
 
+def _finish(plan_dir: str, results: str, n_boot: int) -> dict:
+    """The dependent last job: a sweep's fit and report, or a transfer study's report."""
+    import json
+
+    plan = json.loads((Path(plan_dir) / "plan.json").read_text())
+    if "study" in plan:
+        from crysbench.transfer.report import report_study
+
+        return report_study(plan_dir, results)
+    return _fit_and_report(plan_dir, results, n_boot)
+
+
 def submit(plan_dir: str | Path, site: SlurmSite, indices: list[int], cluster: str | None = "slurm",
            results: str | Path = "results/scaling", n_boot: int = 1000):
-    """Submit ``indices`` as one array and a dependent fit job; returns (point jobs, fit job)."""
+    """Submit ``indices`` as one array per plan stage (stage k+1 starts ``afterok`` stage k: fine-tuning
+    waits for its pre-training) and a dependent fit/report job; returns (point jobs, fit job)."""
+    import json
+
     plan_dir = Path(plan_dir).resolve()
+    runs = json.loads((plan_dir / "plan.json").read_text())["runs"]
     folder = plan_dir / "submitit"
-    ex = _executor(folder, site, f"crysbench-{plan_dir.name}", cluster)
     task = PointTask(str(plan_dir))
-    with ex.batch():
-        jobs = [ex.submit(task, i) for i in indices]
+    jobs: list = []
+    previous: list = []
+    for stage in sorted({runs[i].get("stage", 0) for i in indices}):
+        ex = _executor(folder, site, f"crysbench-{plan_dir.name}", cluster)
+        _depend(ex, previous, cluster)
+        with ex.batch():
+            stage_jobs = [ex.submit(task, i) for i in indices if runs[i].get("stage", 0) == stage]
+        jobs += stage_jobs
+        previous = stage_jobs
     fit_site = dataclasses.replace(site, tasks_per_point=1, gres=None, time_min=min(site.time_min, 30))
     fit_ex = _executor(folder, fit_site, f"crysbench-fit-{plan_dir.name}", cluster)
-    if cluster != "local" and jobs:
-        deps = ":".join(j.job_id for j in jobs)
-        extra = dict(fit_ex.parameters.get("slurm_additional_parameters") or {}, dependency=f"afterok:{deps}")
-        fit_ex.update_parameters(slurm_additional_parameters=extra)
-    elif jobs:
-        for j in jobs:  # the local executor has no dependencies: wait here instead
-            j.result()
-    fit_job = fit_ex.submit(_fit_and_report, str(plan_dir), str(Path(results).resolve()), n_boot)
+    _depend(fit_ex, jobs, cluster)
+    fit_job = fit_ex.submit(_finish, str(plan_dir), str(Path(results).resolve()), n_boot)
     return jobs, fit_job
+
+
+def _depend(ex, jobs: list, cluster: str | None) -> None:
+    """Make ``ex``'s next submissions wait for ``jobs`` (afterok); the local executor waits here."""
+    if not jobs:
+        return
+    if cluster != "local":
+        deps = ":".join(j.job_id for j in jobs)
+        extra = dict(ex.parameters.get("slurm_additional_parameters") or {}, dependency=f"afterok:{deps}")
+        ex.update_parameters(slurm_additional_parameters=extra)
+    else:
+        for j in jobs:  # the local executor has no dependencies
+            j.result()

@@ -24,6 +24,8 @@ class DataConfig:
     # target's histogram, keeping its distribution); uniform (equal counts per value bin)
     sampling: Literal["random", "weighted", "uniform"] = "random"
     subset_seed: int | None = None        # seeds the draw of train_size crystals (default: split_seed)
+    only_systems: tuple[int, ...] = ()    # keep only these crystal systems (0 triclinic .. 6 cubic), all parts
+    drop_systems: tuple[int, ...] = ()    # drop these crystal systems from every part
 
 
 @dataclasses.dataclass(frozen=True)

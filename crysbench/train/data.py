@@ -35,6 +35,21 @@ def ensure_split(cfg: DataConfig) -> dict[str, np.ndarray]:
         return make_split(cfg.store, split_name(cfg), fractions=fr, seed=cfg.split_seed)
 
 
+def run_parts(cfg: DataConfig) -> dict[str, np.ndarray]:
+    """The split's parts, restricted to (or cleared of) the crystal systems the config names."""
+    parts = ensure_split(cfg)
+    if not cfg.only_systems and not cfg.drop_systems:
+        return parts
+    from crysbench.store import open_store
+
+    system = np.asarray(open_store(cfg.store, verify=False).column("crystal_system"))
+    keep = np.ones(len(system), dtype=bool)
+    if cfg.only_systems:
+        keep &= np.isin(system, cfg.only_systems)
+    keep &= ~np.isin(system, cfg.drop_systems)
+    return {k: v[keep[v]] for k, v in parts.items()}
+
+
 def train_indices(cfg: DataConfig, parts: dict[str, np.ndarray]) -> np.ndarray:
     """The training crystals: the train part (or its pre-training / fine-tuning pool), or a subset of
     ``train_size`` drawn by ``cfg.sampling`` (random subsets are nested: each inside every larger one)."""
@@ -121,7 +136,7 @@ def _first_target(store: str, ids: np.ndarray, name: str) -> np.ndarray:
 
 def count_train(cfg: DataConfig) -> int:
     """Size of the full training part (makes the split if needed): the data axis' upper end."""
-    return int(len(ensure_split(dataclasses.replace(cfg, train_size=None))["train"]))
+    return int(len(run_parts(dataclasses.replace(cfg, train_size=None))["train"]))
 
 
 @dataclasses.dataclass
@@ -201,7 +216,7 @@ def make_run_data(cfg: DataConfig, de, seed: int) -> RunData:
     """Split, training subset, normalizer fitted on the training crystals, batching for this rank."""
     if not cfg.store:
         raise ValueError("data.store is empty: pass --data STORE (or use a sweep preset with the built-in set)")
-    parts = ensure_split(cfg)
+    parts = run_parts(cfg)
     train = train_indices(cfg, parts)
     names = list(cfg.targets)
     targets, mask = _train_targets(cfg.store, train, names)

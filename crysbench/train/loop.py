@@ -109,8 +109,40 @@ def _flops_per_crystal(model, batch, normalizer, loss_kind) -> float:
     return counter.get_total_flops() / max(1, batch.num_crystals)
 
 
+def load_teacher(folder: str | Path) -> torch.nn.Module:
+    """A finished run's model rebuilt from its ``config.yaml`` with the weights of ``ckpt/best.pt``
+    (the student's weights when that run was itself distilled)."""
+    folder = Path(folder)
+    cfg_file, ckpt = folder / "config.yaml", folder / "ckpt" / "best.pt"
+    if not cfg_file.exists() or not ckpt.exists():
+        raise FileNotFoundError(f"teacher {folder}: needs config.yaml and ckpt/best.pt (a finished run folder)")
+    tcfg = C.load(RunConfig, str(cfg_file))
+    state = checkpoint.load(ckpt)["model"]
+    if any(k.startswith("student.") for k in state):
+        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+    n_targets = 1 if tcfg.train.objective == "ssl" else len(tcfg.data.targets)
+    model = build_model(tcfg, n_targets)
+    model.load_state_dict(state)
+    return model
+
+
+def _init_normalizer(init_from: str):
+    """The target normalizer of the run that wrote checkpoint ``init_from`` (<run>/ckpt/<name>.pt)."""
+    from crysbench.train.metrics import Normalizer
+
+    final = Path(init_from).resolve().parent.parent / "final.json"
+    if not final.exists():
+        raise FileNotFoundError(f"transfer.init_normalizer: {final} missing (the init run is not finished)")
+    state = json.loads(final.read_text())["normalizer"]
+    return Normalizer(torch.tensor(state["mean"]), torch.tensor(state["std"]))
+
+
 def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
     """Train one model; return the final record (also written to final.json)."""
+    if cfg.train.objective == "ssl":
+        from crysbench.transfer.pretrain import run_ssl
+
+        return run_ssl(cfg, resume=resume, log=log)
     # ---- set-up -----------------------------------------------------------------------------
     from crysbench.train.data import make_run_data
 
@@ -128,8 +160,20 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
     torch.manual_seed(cfg.train.seed)
     data = make_run_data(cfg.data, de, seed=cfg.train.seed)
     normalizer, names = data.normalizer, list(data.target_names)
+    if cfg.transfer.init_normalizer:
+        if not cfg.transfer.init_from:
+            raise ValueError("transfer.init_normalizer needs transfer.init_from")
+        normalizer = _init_normalizer(cfg.transfer.init_from)
     model = build_model(cfg, len(names))
     trainable = _prepare_transfer(model, cfg, len(names), log)
+    distill = bool(cfg.transfer.teacher)
+    if distill:
+        from crysbench.transfer.distill import DistillModel
+
+        model = DistillModel(model, load_teacher(cfg.transfer.teacher), lam=cfg.transfer.distill_lambda,
+                             kind=cfg.train.loss)
+        trainable = model.trainable_parameters()
+        log(f"distilling from {cfg.transfer.teacher} (lambda {cfg.transfer.distill_lambda})")
     model = model.to(device)
     core = model
     if de.world_size > 1:
@@ -178,10 +222,15 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             batch = batch.to(device)
             if flops_per_crystal is None:
                 flops_per_crystal = _flops_per_crystal(core, batch, normalizer, cfg.train.loss)
-            with _autocast(device, cfg.train.mixed_precision):
-                pred = model(batch)
-            loss = masked_loss(pred.float(), normalizer.norm(batch.targets).float(), batch.mask,
-                               cfg.train.loss)
+            if distill:  # property loss + lambda * embedding distance to the teacher
+                with _autocast(device, cfg.train.mixed_precision):
+                    loss, _ = model(batch, normalizer.norm(batch.targets).float())
+                loss = loss.float()
+            else:
+                with _autocast(device, cfg.train.mixed_precision):
+                    pred = model(batch)
+                loss = masked_loss(pred.float(), normalizer.norm(batch.targets).float(), batch.mask,
+                                   cfg.train.loss)
             opt.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:

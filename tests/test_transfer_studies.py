@@ -1,0 +1,215 @@
+"""Transfer studies: plans (pools, leakage, stages), the trainer's transfer hooks (zero-shot
+normalizer, distillation), concurrent drivers, and the `transfer` verbs end to end on a tiny store."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crysbench import config as C
+from crysbench.sweep.runner import Busy, _lock, run_index, status
+from crysbench.testing import synthetic_store
+from crysbench.train.checkpoint import load
+from crysbench.train.config import DataConfig, RunConfig
+from crysbench.train.data import run_parts, sample_subset, train_indices
+from crysbench.transfer.studies import StudyConfig, write_study_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PROPS = ("volume_per_atom", "mean_z")
+TINY = """
+properties: [volume_per_atom, mean_z]
+ft_sizes: [16]
+seeds: [0, 1]
+pt_epochs: 2
+base:
+  data: {batch_size: 8, ft_pool_size: 24}
+  model: {name: cgcnn, size: xxs}
+  train: {epochs: 2, ckpt_every: 4, threads: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("tstore") / "s", n=90)
+
+
+def _study(store, **kw) -> StudyConfig:
+    base = C.from_dict(RunConfig, {"data": {"store": str(store), "batch_size": 8, "ft_pool_size": 24},
+                                   "model": {"name": "cgcnn", "size": "xxs"},
+                                   "train": {"epochs": 2, "ckpt_every": 4, "threads": 1}})
+    return StudyConfig(**{"base": base, "properties": PROPS, "ft_sizes": (16,), "seeds": (0, 1), "pt_epochs": 2,
+                          **kw})
+
+
+def _train_ids(run: dict) -> set[int]:
+    data = C.from_dict(RunConfig, run["config"]).data
+    return set(train_indices(data, run_parts(data)).tolist())
+
+
+# ------------------------------------------------------------------------------------------------
+# plans
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("study", ["pairwise", "strategies", "mpt"])
+def test_no_finetuning_crystal_is_pretrained_on(study, store, tmp_path):
+    """Leakage: every fine-tuning (and scratch) run's crystals are disjoint from every pre-training run's,
+    and no run trains on the shared val/test parts."""
+    _, plan = write_study_plan(study, _study(store, ood_systems=(0,)), tmp_path)
+    runs = [r for r in plan["runs"] if r["labels"].get("split") != "ood" and r["labels"]["pt"] != "mpt-ood"]
+    pt = [r for r in runs if r["stage"] == 0]
+    ft = [r for r in runs if r["stage"] == 1]
+    assert pt and ft
+    parts = run_parts(DataConfig(store=str(store)))
+    held = set(parts["val"].tolist()) | set(parts["test"].tolist())
+    pt_ids = set().union(*(_train_ids(r) for r in pt))
+    for r in ft:
+        ids = _train_ids(r)
+        assert len(ids) == 16 and not ids & pt_ids and not ids & held
+    assert not pt_ids & held
+    assert all(r["stage"] == 0 for r in plan["runs"][: len(pt)])  # stage order: PT before FT
+
+
+def test_mpt_drops_the_finetuning_property(store, tmp_path):
+    _, plan = write_study_plan("mpt", _study(store, properties=("volume_per_atom", "mean_z"), ood_systems=(0,)),
+                               tmp_path)
+    for r in plan["runs"]:
+        if r["role"] == "mpt_pretrain":
+            assert r["labels"]["held_out"] not in r["config"]["data"]["targets"]
+        if r["labels"].get("pt") == "mpt":
+            init = Path(r["config"]["transfer"]["init_from"]).parent.parent.name
+            pre = next(p for p in plan["runs"] if p["run_id"] == init)
+            assert r["labels"]["ft"] not in pre["config"]["data"]["targets"]
+            assert r["config"]["transfer"]["head_extra_layers"] == 2
+
+
+def test_studies_share_runs(store, tmp_path):
+    """Pair-wise and strategies plans in one root name the same scratch / unfreeze-all runs (trained once)."""
+    _, a = write_study_plan("pairwise", _study(store), tmp_path)
+    _, b = write_study_plan("strategies", _study(store, pairs=("volume_per_atom->mean_z",)), tmp_path)
+    shared = {r["run_id"] for r in a["runs"]} & {r["run_id"] for r in b["runs"]}
+    roles = {r["labels"].get("strategy") for r in b["runs"] if r["run_id"] in shared}
+    assert {"scratch", "unfreeze_all", None} >= roles and "scratch" in roles and "unfreeze_all" in roles
+
+
+def test_sampling_keeps_or_flattens_the_histogram():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(size=4000)
+    ids = np.arange(4000) + 100
+    edges = np.linspace(values.min(), values.max(), 11)
+    full = np.histogram(values, edges)[0]
+    w = sample_subset(ids, values, 400, "weighted", seed=1)
+    u = sample_subset(ids, values, 400, "uniform", seed=1)
+    assert len(set(w)) == len(set(u)) == 400 and set(w) <= set(ids)
+    hw = np.histogram(values[w - 100], edges)[0]
+    assert np.all(np.abs(hw - 400 * full / full.sum()) <= 1)  # stratified: the distribution is kept
+    hu = np.histogram(values[u - 100], edges)[0]
+    assert np.all((hu == full) | (hu >= hu[full > 0].min()))  # sparse bins give all; the rest share equally
+    assert hu[-1] == full[-1] and hu.max() - hu[hu < full].min() <= 1
+    assert not np.array_equal(w, sample_subset(ids, values, 400, "weighted", seed=2))
+
+
+def test_pool_size_and_sampling_errors(store):
+    parts = run_parts(DataConfig(store=str(store)))
+    with pytest.raises(ValueError, match="ft_pool_size"):
+        train_indices(DataConfig(store=str(store), pool="finetune", ft_pool_size=10_000, targets=PROPS[:1]), parts)
+    with pytest.raises(ValueError, match="exceeds"):
+        train_indices(DataConfig(store=str(store), pool="finetune", ft_pool_size=10, train_size=11,
+                                 targets=PROPS[:1]), parts)
+
+
+def test_pairs_syntax(store, tmp_path):
+    with pytest.raises(ValueError, match="A->B"):
+        write_study_plan("strategies", _study(store, pairs=("volume_per_atom>mean_z",)), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# trainer hooks
+# ------------------------------------------------------------------------------------------------
+def _cfg(store, out, target, **sections) -> RunConfig:
+    d = {"data": {"store": str(store), "targets": [target], "batch_size": 8},
+         "model": {"name": "cgcnn", "size": "xxs"}, "out_dir": str(out), "train": {"epochs": 2, "threads": 1}}
+    for k, v in sections.items():
+        d[k] = {**d.get(k, {}), **v}
+    return C.from_dict(RunConfig, d)
+
+
+def test_zero_shot_uses_the_pretrained_head_and_normalizer(store, tmp_path):
+    """epochs=0 + skip_head=False + init_normalizer: test metrics equal the pre-trained run's own."""
+    from crysbench.train import loop
+
+    pre = loop.run(_cfg(store, tmp_path, "volume_per_atom"), log=lambda m: None)
+    ckpt = str(tmp_path / pre["run_id"] / "ckpt" / "best.pt")
+    zs = loop.run(_cfg(store, tmp_path, "volume_per_atom", train={"epochs": 0},
+                       transfer={"init_from": ckpt, "skip_head": False, "init_normalizer": True}), log=lambda m: None)
+    assert zs["steps"] == 0
+    assert zs["test"]["volume_per_atom"]["mae"] == pytest.approx(pre["test"]["volume_per_atom"]["mae"], rel=1e-6)
+    with pytest.raises(ValueError, match="init_from"):
+        loop.run(_cfg(store, tmp_path, "mean_z", transfer={"init_normalizer": True}), log=lambda m: None)
+
+
+def test_trainer_distills_from_a_teacher_run(store, tmp_path):
+    """transfer.teacher: the teacher's weights never move, the student trains, λ changes the result."""
+    from crysbench.train import loop
+
+    teacher = loop.run(_cfg(store, tmp_path, "volume_per_atom", model={"size": "xs"}), log=lambda m: None)
+    tdir = tmp_path / teacher["run_id"]
+    before = load(tdir / "ckpt" / "best.pt")["model"]
+    kd = loop.run(_cfg(store, tmp_path, "mean_z", transfer={"teacher": str(tdir), "distill_lambda": 1.0}),
+                  log=lambda m: None)
+    plain = loop.run(_cfg(store, tmp_path, "mean_z"), log=lambda m: None)
+    state = load(tmp_path / kd["run_id"] / "ckpt" / "best.pt")["model"]
+    assert all(torch.equal(state[f"teacher.{k}"], v) for k, v in before.items())
+    assert "projection.weight" in state  # xxs student (width 12) → xs teacher (24): a learned projection
+    assert kd["test"]["mean_z"]["mae"] != plain["test"]["mean_z"]["mae"]
+    with pytest.raises(FileNotFoundError, match="teacher"):
+        loop.run(_cfg(store, tmp_path, "mean_z", transfer={"teacher": str(tmp_path / "nope")}), log=lambda m: None)
+
+
+def test_a_point_held_by_another_process_is_busy(store, tmp_path):
+    _, plan = write_study_plan("pairwise", _study(store), tmp_path)
+    folder = Path(plan["runs"][0]["config"]["out_dir"]) / plan["runs"][0]["run_id"]
+    folder.mkdir(parents=True)
+    held = _lock(folder)
+    try:
+        with pytest.raises(Busy):
+            run_index(tmp_path / "pairwise", 0)
+    finally:
+        held.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# verbs end to end
+# ------------------------------------------------------------------------------------------------
+def _transfer(verb, store, root, results, *extra, timeout=900):
+    cmd = [sys.executable, "-m", "crysbench", "transfer", verb, "--data", str(store), "--config",
+           str(root / "tiny.yaml"), "--root", str(root), "--results", str(results), *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_pairwise_and_strategies_verbs_end_to_end(store, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = _transfer("pairwise", store, tmp_path, tmp_path / "res-pw")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    plan = tmp_path / "pairwise-cgcnn-quick"
+    assert all(r["state"] == "done" for r in status(plan))
+    assert (tmp_path / "res-pw" / "summary.md").exists() and (tmp_path / "res-pw" / "pair-matrix.csv").exists()
+    out = _transfer("strategies", store, tmp_path, tmp_path / "res-st", "pairs=[volume_per_atom->mean_z]")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = json.loads((tmp_path / "strategies-cgcnn-quick" / "plan.json").read_text())["runs"]
+    assert {r["labels"].get("strategy") for r in runs} >= {"scratch", "unfreeze_all", "new_head", "last_layer",
+                                                          "interaction_layers[conv:-1]", "distillation"}
+    # frozen parameters did not change: last_layer keeps the whole body, interaction_layers the embedding
+    # (xxs has one convolution, the one it unfreezes)
+    pre = next(r for r in runs if r["stage"] == 0)
+    pre_w = load(Path(pre["config"]["out_dir"]) / pre["run_id"] / "ckpt" / "best.pt")["model"]
+    for strat, frozen in (("last_layer", ("embed.", "convs.")), ("interaction_layers[conv:-1]", ("embed.",))):
+        r = next(r for r in runs if r["labels"].get("strategy") == strat)
+        w = load(Path(r["config"]["out_dir"]) / r["run_id"] / "ckpt" / "best.pt")["model"]
+        keys = [k for k in pre_w if k.startswith(frozen)]
+        assert keys and all(torch.equal(w[k], pre_w[k]) for k in keys), strat
+    st = subprocess.run([sys.executable, "-m", "crysbench", "transfer", "status", str(tmp_path / "pairwise-cgcnn-quick")],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert st.returncode == 0 and "done: " in st.stdout
