@@ -25,6 +25,7 @@ properties: [volume_per_atom, mean_z]
 ft_sizes: [16]
 seeds: [0, 1]
 pt_epochs: 2
+pt_size: null
 base:
   data: {batch_size: 8, ft_pool_size: 24}
   model: {name: cgcnn, size: xxs}
@@ -184,8 +185,10 @@ def test_a_point_held_by_another_process_is_busy(store, tmp_path):
 # verbs end to end
 # ------------------------------------------------------------------------------------------------
 def _transfer(verb, store, root, results, *extra, timeout=900):
-    cmd = [sys.executable, "-m", "crysbench", "transfer", verb, "--data", str(store), "--config",
-           str(root / "tiny.yaml"), "--root", str(root), "--results", str(results), *extra]
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    flags = [e for e in extra if e not in overrides]
+    cmd = [sys.executable, "-m", "crysbench", "transfer", verb, *overrides, "--data", str(store), "--config",
+           str(root / "tiny.yaml"), "--root", str(root), "--results", str(results), *flags]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -213,3 +216,69 @@ def test_pairwise_and_strategies_verbs_end_to_end(store, tmp_path):
     st = subprocess.run([sys.executable, "-m", "crysbench", "transfer", "status", str(tmp_path / "pairwise-cgcnn-quick")],
                         cwd=ROOT, capture_output=True, text=True)
     assert st.returncode == 0 and "done: " in st.stdout
+
+
+def _slurm_up() -> bool:
+    import shutil
+
+    return bool(shutil.which("sbatch")) and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+
+
+def test_study_through_slurm_chains_stages(store, tmp_path):
+    """On the real local Slurm: stage arrays chained with afterok, then the report job; the same runs
+    and report as a local study (skipped without a cluster unless CI requires one)."""
+    import os
+
+    if not _slurm_up():
+        if os.environ.get("CRYSBENCH_REQUIRE_SLURM") == "1":
+            raise RuntimeError("CRYSBENCH_REQUIRE_SLURM=1 but no Slurm answers")
+        pytest.skip("no Slurm cluster answers (start one with slurm/local-cluster.sh up)")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = _transfer("pairwise", store, tmp_path, tmp_path / "res", "--launcher", "slurm", "--wait",
+                    "--time-min", "10", "seeds=[0]")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 chained job arrays" in out.stdout
+    plan = tmp_path / "pairwise-cgcnn-quick"
+    assert all(r["state"] == "done" for r in status(plan))
+    assert (tmp_path / "res" / "pair-matrix.md").exists()
+    # the fine-tuning array waited for pre-training: every FT run started after its PT run finished
+    runs = json.loads((plan / "plan.json").read_text())["runs"]
+    ended = {r["run_id"]: (Path(r["config"]["out_dir"]) / r["run_id"] / "final.json").stat().st_mtime
+             for r in runs if r["stage"] == 0}
+    for r in runs:
+        init = r["config"]["transfer"]["init_from"]
+        if init:
+            started = (Path(r["config"]["out_dir"]) / r["run_id"] / "config.yaml").stat().st_mtime
+            assert started >= ended[Path(init).parent.parent.name]
+
+
+def test_distill_and_exp_verbs_end_to_end(store, tmp_path):
+    """CrysGNN SSL pre-training (pool filtered against the benchmark's val/test), distillation into CGCNN,
+    fine-tuned CrysGNN; then computed → experimental at 0% (zero-shot), 20% and 80% fine-tuning."""
+    untagged = synthetic_store(tmp_path / "untagged", n=40, seed=5)
+    exp = synthetic_store(tmp_path / "exp", n=50, seed=6)
+    (tmp_path / "tiny.yaml").write_text(TINY + "students: [cgcnn]\nteacher_size: xxs\nssl_epochs: 2\n"
+                                        "exp_target: mean_z\nexp_pt_target: volume_per_atom\nseeds: [0, 1]\n")
+    out = _transfer("distill", store, tmp_path, tmp_path / "res-d", "properties=[mean_z]", "--ssl-data",
+                    str(untagged))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = json.loads((tmp_path / "distill-cgcnn-quick" / "plan.json").read_text())["runs"]
+    ssl = next(r for r in runs if r["role"] == "ssl")
+    assert any(s.startswith(str(store)) for s in ssl["config"]["ssl"]["exclude_stores"])
+    final = json.loads((Path(ssl["config"]["out_dir"]) / ssl["run_id"] / "final.json").read_text())
+    assert final["objective"] == "ssl"
+    approaches = {r["labels"].get("approach") for r in runs if r["stage"] == 1}
+    assert approaches == {"vanilla", "distilled", "fine-tuned"}
+    assert "vanilla" in (tmp_path / "res-d" / "distill.md").read_text()
+
+    out = _transfer("exp", store, tmp_path, tmp_path / "res-e", "--ssl-data", str(untagged), "--exp-data", str(exp))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = json.loads((tmp_path / "exp-cgcnn-quick" / "plan.json").read_text())["runs"]
+    by = {(r["labels"].get("approach"), r["labels"].get("ft_frac"), r["seed"]): r for r in runs if r["stage"] == 1}
+    zero = by[("vanilla", 0.0, 0)]
+    assert zero["config"]["train"]["epochs"] == 0 and zero["config"]["transfer"]["init_normalizer"]
+    assert by[("distilled", 0.0, 0)]["config"]["transfer"]["init_prefix"] == "student."
+    n20 = by[("exp-only", 0.2, 0)]["config"]["data"]["train_size"]
+    assert n20 == round(0.2 * 50) and by[("exp-only", 0.8, 0)]["config"]["data"]["train_size"] is None
+    md = (tmp_path / "res-e" / "exp.md").read_text()
+    assert "distilled" in md and "exp-only" in md

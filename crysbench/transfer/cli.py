@@ -16,7 +16,6 @@ from crysbench.transfer.studies import STUDIES, StudyConfig, preset, write_study
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("verb", choices=[*STUDIES, "status", "report"],
                    help="a study to plan and run, or status/report of a plan folder")
-    p.add_argument("plan_dir", nargs="?", help="with status/report: the plan folder")
     p.add_argument("--model", default="cgcnn", help="the model pre-trained and fine-tuned (students: --students)")
     p.add_argument("--preset", choices=["quick", "full"], default="quick",
                    help="quick: minutes on a laptop; full: the committed studies")
@@ -35,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-min", type=int, default=60)
     p.add_argument("--cpus-per-task", type=int, default=1)
     p.add_argument("--sbatch", action="append", default=[], help="extra sbatch KEY=VALUE, passed through")
-    p.add_argument("overrides", nargs="*", help="dotted overrides of the StudyConfig, e.g. seeds=[0,1]")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the StudyConfig, e.g. seeds=[0,1] "
+                   "(before the --flags); with status/report: the plan folder")
 
 
 def study_config(args: argparse.Namespace) -> StudyConfig:
@@ -70,8 +70,9 @@ def _report(plan_dir: Path, results: str) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     if args.verb in ("status", "report"):
-        if not args.plan_dir:
-            raise SystemExit(f"transfer {args.verb}: give the plan folder")
+        if len(args.overrides) != 1:
+            raise SystemExit(f"transfer {args.verb}: give the plan folder (one argument)")
+        args.plan_dir = args.overrides[0]
         if args.verb == "status":
             from crysbench.sweep.cli import _print_status
 

@@ -85,7 +85,7 @@ def collect(plan: dict) -> list[dict]:
     records = []
     for r in plan["runs"]:
         path = Path(r["config"]["out_dir"]) / r["run_id"] / "final.json"
-        if not path.exists():
+        if not path.exists() or not r["config"]["data"]["targets"]:  # unfinished, or SSL (no property)
             continue
         target = r["config"]["data"]["targets"][0]
         test = json.loads(path.read_text())["test"]
@@ -93,7 +93,8 @@ def collect(plan: dict) -> list[dict]:
             raise ValueError(f"{path}: no test metrics for the first target {target!r} (has {sorted(test)})")
         m = test[target]
         records.append({"run_id": r["run_id"], "role": r.get("role"), "labels": r.get("labels") or {},
-                        "seed": r["seed"], "mae": float(m["mae"]), "r2": float(m["r2"]),
+                        "seed": r["seed"], "mae": float(m["mae"]),
+                        "r2": math.nan if m["r2"] is None else float(m["r2"]),
                         "mae_mean_baseline": float(m.get("mae_mean_baseline", math.nan))})
     return records
 

@@ -54,6 +54,7 @@ class StudyConfig:
     exp_store: str = ""                              # exp: the experimental formation-enthalpy store
     exp_fracs: tuple[float, ...] = (0.0, 0.2, 0.8)
     exp_pt_target: str = "cgcnn_formation_energy_per_atom"
+    exp_target: str = EXP_TARGET
     exp_test_frac: float = 0.2
 
 
@@ -240,7 +241,7 @@ def plan_exp(study: StudyConfig, runs_dir: Path) -> list[dict]:
     if not study.exp_store:
         raise ValueError("exp: set exp_store (the CLI fills in the built-in experimental set)")
     b = _Builder(study, runs_dir)
-    exp_data = {"store": study.exp_store, "targets": (EXP_TARGET,), "val_frac": 0.0,
+    exp_data = {"store": study.exp_store, "targets": (study.exp_target,), "val_frac": 0.0,
                 "test_frac": study.exp_test_frac, "pool": "all", "sampling": "random"}
     ssl = _ssl_run(b, (_split_ref(study.base.data),
                        _split_ref(dataclasses.replace(study.base.data, **exp_data))))
@@ -255,7 +256,7 @@ def plan_exp(study: StudyConfig, runs_dir: Path) -> list[dict]:
             n = min(n_exp, int(round(frac / (1 - study.exp_test_frac) * n_exp)))
             for seed in study.seeds if frac else study.seeds[:1]:  # zero-shot is deterministic
                 lab = {"model": m, "ft_frac": frac, "seed": seed}
-                ft = b.finetune(EXP_TARGET, max(n, 1), seed, model=m, data=exp_data)
+                ft = b.finetune(study.exp_target, max(n, 1), seed, model=m, data=exp_data)
                 ft = _replace(ft, data={"train_size": n if 0 < n < n_exp else None})
                 if frac:
                     b.add(ft, 1, "scratch", approach="exp-only", **lab)
