@@ -231,16 +231,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
                     pred = model(batch)
                 loss = masked_loss(pred.float(), normalizer.norm(batch.targets).float(), batch.mask,
                                    cfg.train.loss)
-            opt.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(opt)
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-            scaler.step(opt) if scaler else opt.step()
-            if scaler:
-                scaler.update()
-            sched.step()
+            optimizer_step(loss, opt, sched, scaler, trainable, cfg.optim.grad_clip)
             step += 1
             n_graphs = data.global_graphs(batch)
             crystals_seen += n_graphs
@@ -296,6 +287,20 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
         dist.barrier()
     distributed.shutdown()
     return result
+
+
+def optimizer_step(loss, opt, sched, scaler, params, grad_clip) -> None:
+    """Backward, (unscale,) clip, step, (scaler update,) schedule step: one optimizer step."""
+    opt.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(opt)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt) if scaler else opt.step()
+    if scaler:
+        scaler.update()
+    sched.step()
 
 
 def _mean_norm_mae(val: dict, normalizer, names) -> float:

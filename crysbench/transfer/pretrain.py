@@ -183,16 +183,7 @@ def _train_step(model, params, batch, sg, cs, gen, opt, sched, scaler, cfg: RunC
     """One optimizer step on one batch; the loss parts as floats."""
     with L._autocast(device, cfg.train.mixed_precision):
         loss, parts = model(batch, sg, cs, gen)
-    opt.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler else loss).backward()
-    if scaler:
-        scaler.unscale_(opt)
-    if cfg.optim.grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-    scaler.step(opt) if scaler else opt.step()
-    if scaler:
-        scaler.update()
-    sched.step()
+    L.optimizer_step(loss, opt, sched, scaler, params, cfg.optim.grad_clip)
     return {"total": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
 
 
