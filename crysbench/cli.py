@@ -41,6 +41,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in flags.items()
                  if v is not None] + list(args.overrides)
     cfg = C.load(RunConfig, args.config, overrides)
+    if args.check_amp:  # fp32 and AMP runs of this config, compared
+        from crysbench.train import ampcheck
+
+        return ampcheck.main(cfg, args.check_amp, resume=not args.no_resume)
     print(f"run {run_dir(cfg)}")
     result = run(cfg, resume=not args.no_resume)
     if result:
@@ -110,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="runs folder (default runs/)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--check-amp", choices=["bf16", "fp16"],
+                   help="AMP check: train this config in fp32 and in this precision, compare test metrics")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.schedule=onecycle")
     p.set_defaults(func=_cmd_train)
     from crysbench.store import cli as store_cli
