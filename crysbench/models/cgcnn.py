@@ -40,8 +40,14 @@ class GatedConv(nn.Module):
         self.bn_node = nn.BatchNorm1d(width)
 
     def forward(self, h: Tensor, edge_attr: Tensor, batch: GraphBatch, edge_ptr: Tensor) -> Tensor:
-        z = torch.cat([h[batch.edge_i], h[batch.edge_j], edge_attr], dim=1)
-        gate, core = self.bn_edge(self.fc(z)).chunk(2, dim=1)
+        # fc([v_i, v_j, u_ij]) taken block by block: the two atom blocks are applied once per atom and
+        # gathered to the edges, ~E/N (about 12) times fewer FLOPs than fc on concatenated edge rows.
+        width = h.shape[1]
+        w = self.fc.weight
+        both = F.linear(h, torch.cat([w[:, :width], w[:, width:2 * width]], dim=0))  # [N, 4W]
+        z = both[batch.edge_i, : 2 * width] + both[batch.edge_j, 2 * width:]
+        z = z + F.linear(edge_attr, w[:, 2 * width:], self.fc.bias)
+        gate, core = self.bn_edge(z).chunk(2, dim=1)
         message = torch.sigmoid(gate) * F.softplus(core)
         summed = ops.segment_csr(message, edge_ptr, "sum")
         return F.softplus(h + self.bn_node(summed))
