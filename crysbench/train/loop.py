@@ -20,6 +20,7 @@ from crysbench import distributed
 from crysbench.train import checkpoint
 from crysbench.train.config import RunConfig
 from crysbench.train.metrics import masked_loss, regression_metrics
+from crysbench.train.nvml import energy_since, gpu_energy_mj
 from crysbench.train.schedule import make_scheduler
 from crysbench.transfer.strategies import train_mode
 
@@ -154,6 +155,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
     if (out / "final.json").exists():
         return json.loads((out / "final.json").read_text())
     distributed.init(de, device)
+    energy0 = gpu_energy_mj(device)  # NVML; None on CPU
     if de.is_main:
         (out / "ckpt").mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(C.dump_yaml(cfg))
@@ -278,7 +280,8 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             "run_id": out.name, "config": C.to_dict(cfg), "test": test, "best": best,
             "n_params": sum(p.numel() for p in core.parameters()),
             "n_train": data.n_train, "steps": step, "epochs": epoch,
-            "telemetry": _telemetry(flops_per_crystal, crystals_seen, atoms_seen, train_time, de, device, step),
+            "telemetry": _telemetry(flops_per_crystal, crystals_seen, atoms_seen, train_time, de, device,
+                                    step, energy0),
             "normalizer": normalizer.state(),
         }
         _write_json(out / "predictions.json", preds)
@@ -325,7 +328,7 @@ def _write_jsonl(path: Path, records: list) -> None:
     os.replace(tmp, path)
 
 
-def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps) -> dict:
+def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps, energy0=None) -> dict:
     tel = {
         "flops_per_crystal": flops_per_crystal,
         "train_flops": (flops_per_crystal or 0.0) * crystals,
@@ -336,6 +339,7 @@ def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps) -
     }
     if device.type == "cuda":
         tel["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        tel["gpu_energy_j"] = energy_since(device, energy0)  # this process, train + eval, this GPU
     return tel
 
 
