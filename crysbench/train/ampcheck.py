@@ -35,7 +35,7 @@ def _train(cfg: RunConfig, resume: bool, log) -> dict:
     """One run of the trainer; the record plus the wall time of this call and whether it was reused."""
     from crysbench.train.loop import run, run_dir
 
-    reused = resume and (run_dir(cfg) / "final.json").exists()
+    reused = (run_dir(cfg) / "final.json").exists()  # the trainer returns a finished run as is
     t0 = time.perf_counter()
     result = run(cfg, resume=resume, log=log)
     return {"run_id": result["run_id"], "dir": str(run_dir(cfg)),
