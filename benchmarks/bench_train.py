@@ -235,7 +235,7 @@ def section_cgcnn_vs_pyg(batches, alignn_batches) -> dict:
         "size": SIZE,
         "config": dataclasses.asdict(ours.config),
         "batches": sizes(batches),
-        "n_params": {"crysbench": ours.n_params()},
+        "n_params": {"crysbench": ours.n_params(), "crysbench-concat": ours.n_params()},
     }
     trainers = {"crysbench": Trainer(ours), "crysbench-concat": Trainer(concat_variant(ours))}
     try:
@@ -488,6 +488,8 @@ def markdown(rec: dict) -> str:
             f"| {k} | {c['n_params'].get(k, '-')} | {r['steps_per_s']:.2f} | {r['graphs_per_s']:.0f} "
             f"| {r['atoms_per_s']:.0f} |"
         )
+    if "pyg" in c:
+        lines += ["", c["pyg"]]
     if "ratio_crysbench_over_pyg" in c:
         lines += [
             "",
@@ -582,6 +584,15 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 # pytest-benchmark form
 # --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The script's thread count (1: the cores are shared); CRYSBENCH_BENCH_THREADS overrides it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("CRYSBENCH_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def bench_batches():
     return load_batches(2 if QUICK else 4)
