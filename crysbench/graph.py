@@ -96,6 +96,16 @@ def triplet_cosines(batch: GraphBatch, vectors: Tensor) -> Tensor:
     return cos.clamp(-1.0, 1.0)
 
 
+def with_line_graph(batch: GraphBatch, vectors: Tensor | None = None) -> GraphBatch:
+    """``batch`` with its line graph (edge_a, edge_b) built by ``ops.triplets`` when it has none, e.g.
+    batches of a store ingested without triplets; ``vectors`` [E, 3] are its edge vectors if at hand."""
+    if batch.has_line_graph:
+        return batch
+    vectors = edge_vectors(batch) if vectors is None else vectors
+    edge_a, edge_b, _ = ops.triplets(batch.edge_i, vectors.detach(), batch.num_atoms)
+    return dataclasses.replace(batch, edge_a=edge_a, edge_b=edge_b)
+
+
 def _as_tensor(x, dtype: torch.dtype) -> Tensor:
     return x.to(dtype) if isinstance(x, Tensor) else torch.as_tensor(x, dtype=dtype)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crysbench import ops
-from crysbench.graph import GraphBatch, triplet_cosines
+from crysbench.graph import GraphBatch, triplet_cosines, with_line_graph
 from crysbench.models import register
 from crysbench.models._common import AtomEmbedding, CrystalModel, GaussianBasis, ModelConfig
 
@@ -97,6 +97,8 @@ class ALIGNN(CrystalModel):
 
     def node_embeddings(self, batch: GraphBatch) -> Tensor:
         vectors = self.edge_vectors(batch)
+        if self.alignn_layers:  # a store ingested without triplets: build the line graph here
+            batch = with_line_graph(batch, vectors)
         h = self.embed(batch.numbers)
         e = self.bond_embed(self.bond_rbf(vectors.norm(dim=1)))
         t = self.angle_embed(self.angle_rbf(triplet_cosines(batch, vectors))) if self.alignn_layers else None
