@@ -236,7 +236,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             n_graphs = data.global_graphs(batch)
             crystals_seen += n_graphs
             atoms_seen += int(batch.numbers.shape[0]) * de.world_size
-            ep_loss, ep_n = ep_loss + loss.item() * n_graphs, ep_n + n_graphs
+            ep_loss, ep_n = ep_loss + loss.item() * batch.num_crystals, ep_n + batch.num_crystals
             over_flops = cfg.train.max_flops and flops_per_crystal * crystals_seen >= cfg.train.max_flops
             if step >= total_steps or over_flops:
                 stop = True
@@ -244,6 +244,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             if step % cfg.train.ckpt_every == 0:
                 save_ckpt(k + 1, train_time + time.perf_counter() - t0)
         train_time += time.perf_counter() - t0
+        ep_loss, ep_n = _global_sum(ep_loss, ep_n, de)
         skip = 0
         epoch += 1
         # ---- evaluate -----------------------------------------------------------------------
@@ -317,6 +318,16 @@ def _agree(flag: bool, de) -> bool:
     t = torch.tensor([int(flag)])
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def _global_sum(loss_sum: float, n: int, de) -> tuple[float, int]:
+    """The epoch's loss sum and crystal count over all ranks: the logged train loss is the global mean,
+    not rank 0's (one all-reduce per epoch)."""
+    if de.world_size == 1:
+        return loss_sum, n
+    t = torch.tensor([loss_sum, float(n)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1])
 
 
 def _write_jsonl(path: Path, records: list) -> None:
