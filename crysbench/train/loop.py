@@ -144,6 +144,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
 
         return run_ssl(cfg, resume=resume, log=log)
     # ---- set-up -----------------------------------------------------------------------------
+    timeline = {"process_start": _process_start(), "run_start": time.time()}  # unix s, for overhead studies
     from crysbench.train.data import make_run_data
 
     de = distributed.detect()
@@ -212,6 +213,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
                                       "seconds": seconds})
 
     # ---- loop -------------------------------------------------------------------------------
+    timeline["train_start"] = time.time()
     stop = step >= total_steps
     while epoch < cfg.train.epochs and not stop:
         train_mode(core)  # frozen blocks stay in eval mode: their batch-norm statistics do not move
@@ -270,6 +272,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
 
     # ---- final evaluation on the best checkpoint -------------------------------------------------
     result = {}
+    timeline["train_end"] = time.time()
     if de.is_main:
         best_path = out / "ckpt" / "best.pt"
         if best_path.exists():
@@ -282,6 +285,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             "telemetry": _telemetry(flops_per_crystal, crystals_seen, atoms_seen, train_time, de, device, step),
             "normalizer": normalizer.state(),
         }
+        result["telemetry"]["timeline"] = dict(timeline, final=time.time())
         _write_json(out / "predictions.json", preds)
         _write_json(out / "final.json", result)
     if de.world_size > 1:
@@ -348,6 +352,16 @@ def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps) -
     if device.type == "cuda":
         tel["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return tel
+
+
+def _process_start() -> float | None:
+    """When this process started (unix s, 10 ms resolution; Linux only): the launch-to-Python gap."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])  # btime would round to 1 s
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _peak_rss_mb() -> float:
