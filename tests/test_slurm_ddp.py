@@ -45,13 +45,26 @@ if not _slurm_up():
 
 
 def test_detect_reads_slurm_tasks():
-    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "12345",
-           "SLURM_JOB_NODELIST": "gpu-a[017-020],gpu-b3"}
+    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "1",
+           "SLURM_JOB_ID": "12345", "SLURM_JOB_NODELIST": "gpu-a[017-020],gpu-b3"}
     de = detect(env)
     assert (de.rank, de.world_size, de.local_rank, de.source) == (1, 2, 1, "slurm")
     assert (de.master_addr, de.master_port) == ("gpu-a017", 29500 + 345)
     assert detect(dict(env, MASTER_PORT="31000", MASTER_ADDR="10.0.0.1")).master_port == 31000
     assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).source == "single"
+    batch_script = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "12345"}  # sbatch -n 2, no srun
+    assert detect(batch_script).world_size == 1
+
+
+def test_batch_script_of_a_two_task_job_trains_alone(tmp_path):
+    """``sbatch -n 2`` running the trainer without srun: one process, which must not wait for a rank 1."""
+    code = "from crysbench.distributed import detect; print('world', detect().world_size)"
+    script = tmp_path / "job.sh"
+    script.write_text(f'#!/bin/bash\n{sys.executable} -c "{code}"\n')
+    out = subprocess.run(["sbatch", "--parsable", "--wait", "--ntasks=2", f"--output={tmp_path}/o.out",
+                          "--time=2", str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "world 1" in (tmp_path / "o.out").read_text()
 
 
 def _plan(folder: Path, store: Path) -> Path:
