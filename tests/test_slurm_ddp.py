@@ -61,9 +61,10 @@ def test_batch_script_of_a_two_task_job_trains_alone(tmp_path):
     code = "from crysbench.distributed import detect; print('world', detect().world_size)"
     script = tmp_path / "job.sh"
     script.write_text(f'#!/bin/bash\n{sys.executable} -c "{code}"\n')
-    out = subprocess.run(["sbatch", "--parsable", "--wait", "--ntasks=2", f"--output={tmp_path}/o.out",
-                          "--time=2", str(script)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(["sbatch", "--parsable", "--ntasks=2", f"--output={tmp_path}/o.out", "--time=2",
+                          str(script)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    _wait(out.stdout.strip(), timeout=60)  # sbatch --wait polls every ~10 s
     assert "world 1" in (tmp_path / "o.out").read_text()
 
 
