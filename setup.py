@@ -54,7 +54,7 @@ setup(
     version="0.1.0",
     description="Benchmarking harness for machine learning on crystals: scaling laws and transfer learning",
     packages=find_packages(include=["crysbench", "crysbench.*"]),
-    package_data={"crysbench": ["py.typed", "datasets/builtin/MANIFEST.json", "datasets/builtin/*/*.jsonl.gz",
+    package_data={"crysbench": ["py.typed", "element_properties.json", "datasets/builtin/MANIFEST.json", "datasets/builtin/*/*.jsonl.gz",
                                 "datagen/*.csv.gz", "datagen/*.json"]},
     ext_modules=[CMakeExtension("crysbench._C")],
     cmdclass={"build_ext": CMakeBuild},

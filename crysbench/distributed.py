@@ -42,9 +42,12 @@ def detect(env: dict | None = None) -> DistEnv:
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                        env.get("MASTER_ADDR", "127.0.0.1"), port or 29500, "torchrun")
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    # the tasks of an srun step (submitit launches with srun too); the batch script of an `sbatch -n K`
+    # job also sees SLURM_NTASKS=K and SLURM_PROCID=0 but is one process: rank 0 would wait forever
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "SLURM_PROCID" in env and tasks > 1:
         job = int(env.get("SLURM_JOB_ID", "0"))
-        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+        return DistEnv(int(env["SLURM_PROCID"]), tasks, int(env.get("SLURM_LOCALID", 0)),
                        env.get("MASTER_ADDR") or _slurm_master_addr(env),
                        port or 29500 + job % 1000, "slurm")  # per-job port: concurrent jobs don't collide
     for rk, ws, lr in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),

@@ -109,6 +109,9 @@ ${ACCT_LINES}
 JobCompType=jobcomp/filetxt
 JobCompLoc=/var/log/slurm/jobcomp.log
 SchedulerType=sched/backfill
+# schedule a new batch job at the controller's next 1 s tick, not up to 3 s later (the default
+# batch_sched_delay=3 held a serial sweep point up to 3 s in the queue; results/scaling/overhead/)
+SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024

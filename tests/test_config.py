@@ -48,9 +48,10 @@ def test_hash_is_stable_and_sensitive():
 @pytest.mark.parametrize("env, want", [
     ({}, (0, 1, "single")),
     ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "1234"}, (1, 2, "torchrun")),
-    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[03-04]"},
-     (1, 2, "slurm")),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (0, 1, "single")),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": "7",
+      "SLURM_JOB_NODELIST": "n[03-04]"}, (1, 2, "slurm")),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, (0, 1, "single")),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, (0, 1, "single")),  # batch script of sbatch -n 2, no srun
     ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}, (1, 2, "mpi")),
     ({"PMI_RANK": "0", "PMI_SIZE": "2"}, (0, 2, "mpi")),
 ])

@@ -267,6 +267,13 @@ def test_graph_to_and_errors(base):
 def test_atom_features():
     table = atom_feature_table()
     assert table.shape == (101, len(feature_names())) and torch.equal(table, atom_feature_table())
+    # the shipped raw table still matches pymatgen (NaN and None both mean "unknown")
+    from crysbench.features import element_properties, shipped_element_properties
+
+    shipped = shipped_element_properties()
+    for z in range(1, 101):
+        live = {k: None if isinstance(v, float) and v != v else v for k, v in element_properties(z).items()}
+        assert shipped[z] == pytest.approx(live), z
     assert bool((table[0] == 0).all()) and bool((table[1:].sum(1) == 9).all())  # 9 one-hot blocks
     assert torch.unique(table[1:], dim=0).shape[0] == 100, "two elements share a feature row"
     he = dict(zip(feature_names(), table[2].tolist(), strict=True))

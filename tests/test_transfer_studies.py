@@ -86,6 +86,22 @@ def test_mpt_drops_the_finetuning_property(store, tmp_path):
             assert r["config"]["transfer"]["head_extra_layers"] == 2
 
 
+def test_mpt_pairs_restrict_the_pairwise_rows(store, tmp_path):
+    """With ``pairs`` set, MPT plans only those A→B pair-wise rows (and only their PT runs)."""
+    _, full = write_study_plan("mpt", _study(store, ood_systems=(0,)), tmp_path / "a")
+    _, cut = write_study_plan("mpt", _study(store, ood_systems=(0,), pairs=("mean_z->volume_per_atom",)),
+                              tmp_path / "b")
+    rows = {(r["labels"]["pt"], r["labels"]["ft"]) for r in cut["runs"] if r["stage"] == 1
+            and r["labels"]["pt"] not in ("scratch", "mpt")}
+    assert rows == {("mean_z", "volume_per_atom")}
+    assert {r["labels"]["pt"] for r in cut["runs"] if r["role"] == "pretrain"} == {"mean_z"}
+    # volume_per_atom→mean_z's 2 FT seeds go; its PT run stays as mean_z's MPT pre-training (same config
+    # with two properties, so the same run id)
+    assert len(full["runs"]) - len(cut["runs"]) == 2
+    with pytest.raises(ValueError, match="outside properties"):
+        write_study_plan("mpt", _study(store, pairs=("mean_z->band_gap",)), tmp_path / "c")
+
+
 def test_studies_share_runs(store, tmp_path):
     """Pair-wise and strategies plans in one root name the same scratch / unfreeze-all runs (trained once)."""
     _, a = write_study_plan("pairwise", _study(store), tmp_path)

@@ -24,7 +24,7 @@ MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "
 
 
 def _mpi_world():
-    """(rank, size, barrier) from mpi4py when launched under MPI with > 1 rank, else None."""
+    """(rank, size, sync) from mpi4py when launched under MPI with > 1 rank, else None."""
     if not any(v in os.environ for v in MPI_ENV):
         return None  # importing mpi4py.MPI initialises MPI: only do it under an MPI launcher
     try:
@@ -32,7 +32,22 @@ def _mpi_world():
     except ImportError:
         return None
     comm = MPI.COMM_WORLD
-    return (comm.Get_rank(), comm.Get_size(), comm.Barrier) if comm.Get_size() > 1 else None
+    return (comm.Get_rank(), comm.Get_size(), _MpiSync(comm)) if comm.Get_size() > 1 else None
+
+
+class _MpiSync:
+    """The ranks' one meeting point, which also carries failure: a plain Barrier would leave every
+    healthy rank waiting forever for a rank that raised (and mpiexec with them)."""
+
+    def __init__(self, comm) -> None:
+        self.comm, self.done = comm, False
+
+    def __call__(self, failed: bool = False) -> None:
+        self.done = True
+        bad = [r for r, f in enumerate(self.comm.allgather(bool(failed))) if f]
+        if bad and not failed:
+            raise RuntimeError(f"ingest: MPI rank(s) {bad} failed (see their error above); rank "
+                               f"{self.comm.Get_rank()} stops too, no manifest is written; rerun to resume")
 
 
 def _progress(rank: int, total: int | None = None):
@@ -58,6 +73,10 @@ def _ingest_rank(source, format: str, out: str, spec: GraphSpec, on_error: str, 
         manifest = write_store(reading, out, spec, target_names=targets, shard_size=shard_size,
                                source_files=sources, resume=resume, rank=rank, world=world, barrier=barrier,
                                progress=update)
+    except BaseException:
+        if isinstance(barrier, _MpiSync) and not barrier.done:
+            barrier(failed=True)  # tell the other ranks, which are waiting in the same collective
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -79,9 +98,9 @@ def ingest(source, format: str, out: str | os.PathLike, graph_spec: GraphSpec | 
     graph_spec = graph_spec or GraphSpec()
     mpi = _mpi_world()
     if mpi is not None:
-        rank, size, barrier = mpi
+        rank, size, sync = mpi
         return _ingest_rank(source, format, str(out), graph_spec, on_error, shard_size, targets, rank, size,
-                            barrier, resume, reader)
+                            sync, resume, reader)
     if workers <= 1:
         return _ingest_rank(source, format, str(out), graph_spec, on_error, shard_size, targets, 0, 1, None,
                             resume, reader)
@@ -99,14 +118,25 @@ def _ingest_processes(source, format, out, spec, on_error, shard_size, targets, 
              for r in range(workers)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
+    _join_aborting(procs, barrier)
     failed = [r for r, p in enumerate(procs) if p.exitcode != 0]
     if failed:
-        barrier.abort()
         raise RuntimeError(f"ingest: worker ranks {failed} failed (exit codes "
                            f"{[procs[r].exitcode for r in failed]}); rerun to resume")
     return json.loads((Path(out) / "manifest.json").read_text())
+
+
+def _join_aborting(procs, barrier) -> None:
+    """Join the workers; when one dies, break the barrier so the others stop instead of waiting forever."""
+    from multiprocessing.connection import wait
+
+    running = {p.sentinel: p for p in procs}
+    while running:
+        for sentinel in wait(list(running)):
+            p = running.pop(sentinel)
+            p.join()
+            if p.exitcode != 0:
+                barrier.abort()  # the waiting ranks get BrokenBarrierError and exit non-zero
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Each worker process opens shard files on first use (handles are never pickled, and are reopened after
 a fork). A request that needs many crystals of one shard loads that shard's arrays whole into a small
 LRU cache (``cache_shards`` shards, so memory is bounded by shards, not by the store); a request for
-a few crystals of a shard reads their slices directly.
+a few crystals of a shard reads their byte ranges directly (``os.pread``: the writer stores every
+dataset contiguous and uncompressed, so a crystal is a few reads at known offsets and no HDF5 call).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from crysbench.store.reader import open_store
 from crysbench.store.shard import read_shard
 
 WHOLE_SHARD_FRACTION = 0.05  # load a shard whole when a request needs at least this share of it
-MAX_OPEN_SHARDS = 64  # shards whose files (and small per-crystal arrays) stay open for slice reads
-SMALL_DATASETS = ("atom_ptr", "edge_ptr", "triplet_ptr", "cells", "pbc", "targets", "mask")
+MAX_OPEN_SHARDS = 256  # shard files kept open for byte-range reads (a descriptor and a dataset table each)
 COLLATE_KEYS = ("numbers", "positions", "cells", "pbc", "ptr", "batch", "edge_i", "edge_j", "shifts",
                 "edge_a", "edge_b", "targets", "mask")
 
@@ -68,6 +68,8 @@ class StoreDataset(Dataset):
         self._reset()
 
     def _reset(self) -> None:
+        for view in getattr(self, "_handles", {}).values():
+            view.close()  # after a fork: the child's copies of the parent's descriptors
         self._pid = os.getpid()
         self._handles: OrderedDict = OrderedDict()
         self._cache: OrderedDict = OrderedDict()
@@ -114,22 +116,19 @@ class StoreDataset(Dataset):
             self._cache.popitem(last=False)
         return arrays
 
-    def _handle(self, s: int) -> dict:
-        """Small per-crystal arrays of shard ``s`` in memory, big per-atom/edge ones as open datasets.
+    def _handle(self, s: int):
+        """Shard ``s`` as name → row-sliceable column read by byte ranges (h5py where it cannot be).
 
-        A crystal then costs 4-5 slice reads; at most ``MAX_OPEN_SHARDS`` files stay open.
+        Opening costs one HDF5 metadata read per shard; a crystal then costs 6-8 small preads, and
+        nothing of the shard stays in memory but its descriptor. At most ``MAX_OPEN_SHARDS`` stay open.
         """
-        import h5py
-
         if s in self._handles:
             self._handles.move_to_end(s)
             return self._handles[s]
-        f = h5py.File(self.files[s], "r")
-        view = {name: (f[name][()] if name in SMALL_DATASETS else f[name]) for name in f if name != "ids"}
-        view["_file"] = f
+        view = _ShardView(self.files[s])
         self._handles[s] = view
         if len(self._handles) > MAX_OPEN_SHARDS:
-            self._handles.popitem(last=False)[1]["_file"].close()
+            self._handles.popitem(last=False)[1].close()
         return view
 
     def _record(self, src, b: int, index: int) -> dict:
@@ -145,6 +144,64 @@ class StoreDataset(Dataset):
             t0, t1 = (int(x) for x in src["triplet_ptr"][b:b + 2])
             rec["triplets"] = np.asarray(src["triplets"][t0:t1])
         return rec
+
+
+class _Column:
+    """Rows of one contiguous dataset of a shard file: ``col[lo:hi]`` and ``col[b]`` by one pread."""
+
+    __slots__ = ("fd", "offset", "dtype", "shape", "row_bytes")
+
+    def __init__(self, fd: int, offset: int | None, dtype: np.dtype, shape: tuple) -> None:
+        self.fd, self.offset, self.dtype, self.shape = fd, offset, dtype, shape
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        lo, hi = max(0, lo), min(self.shape[0], hi)
+        n = max(0, hi - lo)
+        if n == 0 or self.offset is None:  # an empty dataset has no storage (and no offset)
+            return np.empty((n, *self.shape[1:]), dtype=self.dtype)
+        buf = os.pread(self.fd, n * self.row_bytes, self.offset + lo * self.row_bytes)
+        if len(buf) != n * self.row_bytes:
+            raise OSError(f"short read at byte {self.offset + lo * self.row_bytes} of a shard (truncated?)")
+        return np.frombuffer(buf, dtype=self.dtype).reshape(n, *self.shape[1:])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and key.step in (None, 1):
+            return self._rows(0 if key.start is None else key.start,
+                              self.shape[0] if key.stop is None else key.stop)
+        return self._rows(int(key), int(key) + 1)[0]
+
+
+class _ShardView(dict):
+    """name → column of one shard file: :class:`_Column` for contiguous datasets, else the h5py dataset."""
+
+    def __init__(self, path: str) -> None:
+        import h5py
+
+        super().__init__()
+        self._h5 = None
+        self.fd = os.open(path, os.O_RDONLY)
+        with h5py.File(path, "r") as f:
+            for name, d in f.items():
+                if name == "ids":
+                    continue
+                offset = d.id.get_offset()
+                if (offset is None and d.size) or d.dtype.hasobject:  # chunked / compressed: let HDF5 read it
+                    self._h5 = self._h5 or h5py.File(path, "r")
+                    self[name] = self._h5[name]
+                else:
+                    self[name] = _Column(self.fd, offset, d.dtype, d.shape)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
+        if getattr(self, "_h5", None) is not None:
+            self._h5.close()
+            self._h5 = None
 
 
 def collate_records(records: Sequence[dict], dtype: torch.dtype = torch.float64,

@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
 
         print(report_sweep(plan_dir, results=args.results, n_boot=args.n_boot)["text"])
         return 1 if failed else 0
-    from crysbench.sweep.slurm import submit
+    from crysbench.sweep.slurm import submit, wait
 
     site = SlurmSite(partition=args.partition, account=args.account, constraint=args.constraint, gres=args.gres,
                      time_min=args.time_min, cpus_per_task=args.cpus_per_task,
@@ -99,6 +99,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"submitted {len(jobs)} points as job array {jobs[0].job_id.split('_')[0] if jobs else '-'}; "
           f"fit job {fit_job.job_id} (afterok)")
     if args.wait:
-        print(fit_job.result()["text"])
+        print(wait(fit_job)["text"])
     print(f"follow with: python -m crysbench sweep status {plan_dir}")
     return 0

@@ -107,6 +107,17 @@ def submit(plan_dir: str | Path, site: SlurmSite, indices: list[int], cluster: s
     return jobs, fit_job
 
 
+def wait(job, poll_s: float = 0.2):
+    """A submitit job's result, checking for it every ``poll_s`` seconds: ``job.result()`` sleeps 1 s
+    between checks, half a second lost on average (a check is a stat of the result file; sacct is
+    asked only at submitit's own back-off times)."""
+    import time
+
+    while not job.done():
+        time.sleep(poll_s)
+    return job.result()
+
+
 def _depend(ex, jobs: list, cluster: str | None) -> None:
     """Make ``ex``'s next submissions wait for ``jobs`` (afterok); the local executor waits here."""
     if not jobs:

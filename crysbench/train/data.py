@@ -203,13 +203,27 @@ class RunData:
 
 
 def _train_targets(store: str, ids: np.ndarray, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    from crysbench.store.loader import StoreDataset
+    """Targets [n, P] float64 and mask [n, P] bool of crystals ``ids``: reads only those two datasets,
+    one shard at a time (not the crystals' records, which would hold the whole train set in memory)."""
+    import h5py
 
-    ds = StoreDataset(store, indices=ids, targets=names)
-    recs = ds.__getitems__(list(range(len(ds))))
-    t = torch.from_numpy(np.stack([r["targets"] for r in recs])) if recs else torch.zeros(0, len(names))
-    m = torch.from_numpy(np.stack([r["mask"] for r in recs])) if recs else torch.zeros(0, len(names), dtype=bool)
-    return t, m
+    from crysbench.store import open_store
+
+    st = open_store(store, verify=False)
+    missing = [n for n in names if n not in st.target_names]
+    if missing:
+        raise ValueError(f"targets {missing} not in store {store} (has {st.target_names})")
+    cols = [st.target_names.index(t) for t in names]
+    ids = np.asarray(ids, dtype=np.int64)
+    t, m = np.zeros((len(ids), len(cols))), np.zeros((len(ids), len(cols)), dtype=bool)
+    if len(ids):
+        shard, local = st.locate(ids)
+        for s in np.unique(shard).tolist():
+            rows = np.nonzero(shard == s)[0]
+            with h5py.File(st.shard_files[s], "r") as f:
+                t[rows] = f["targets"][()][local[rows]][:, cols]
+                m[rows] = f["mask"][()][local[rows]][:, cols]
+    return torch.from_numpy(t), torch.from_numpy(m)
 
 
 def make_run_data(cfg: DataConfig, de, seed: int) -> RunData:

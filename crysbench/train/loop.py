@@ -145,6 +145,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
 
         return run_ssl(cfg, resume=resume, log=log)
     # ---- set-up -----------------------------------------------------------------------------
+    timeline = {"process_start": _process_start(), "run_start": time.time()}  # unix s, for overhead studies
     from crysbench.train.data import make_run_data
 
     de = distributed.detect()
@@ -214,6 +215,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
                                       "seconds": seconds})
 
     # ---- loop -------------------------------------------------------------------------------
+    timeline["train_start"] = time.time()
     stop = step >= total_steps
     while epoch < cfg.train.epochs and not stop:
         train_mode(core)  # frozen blocks stay in eval mode: their batch-norm statistics do not move
@@ -238,7 +240,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             n_graphs = data.global_graphs(batch)
             crystals_seen += n_graphs
             atoms_seen += int(batch.numbers.shape[0]) * de.world_size
-            ep_loss, ep_n = ep_loss + loss.item() * n_graphs, ep_n + n_graphs
+            ep_loss, ep_n = ep_loss + loss.item() * batch.num_crystals, ep_n + batch.num_crystals
             over_flops = cfg.train.max_flops and flops_per_crystal * crystals_seen >= cfg.train.max_flops
             if step >= total_steps or over_flops:
                 stop = True
@@ -246,6 +248,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             if step % cfg.train.ckpt_every == 0:
                 save_ckpt(k + 1, train_time + time.perf_counter() - t0)
         train_time += time.perf_counter() - t0
+        ep_loss, ep_n = _global_sum(ep_loss, ep_n, de)
         skip = 0
         epoch += 1
         # ---- evaluate -----------------------------------------------------------------------
@@ -271,6 +274,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
 
     # ---- final evaluation on the best checkpoint -------------------------------------------------
     result = {}
+    timeline["train_end"] = time.time()
     if de.is_main:
         best_path = out / "ckpt" / "best.pt"
         if best_path.exists():
@@ -284,6 +288,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
                                     step, energy0),
             "normalizer": normalizer.state(),
         }
+        result["telemetry"]["timeline"] = dict(timeline, final=time.time())
         _write_json(out / "predictions.json", preds)
         _write_json(out / "final.json", result)
     if de.world_size > 1:
@@ -322,6 +327,16 @@ def _agree(flag: bool, de) -> bool:
     return bool(t.item())
 
 
+def _global_sum(loss_sum: float, n: int, de) -> tuple[float, int]:
+    """The epoch's loss sum and crystal count over all ranks: the logged train loss is the global mean,
+    not rank 0's (one all-reduce per epoch)."""
+    if de.world_size == 1:
+        return loss_sum, n
+    t = torch.tensor([loss_sum, float(n)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1])
+
+
 def _write_jsonl(path: Path, records: list) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -341,6 +356,16 @@ def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps, e
         tel["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         tel["gpu_energy_j"] = energy_since(device, energy0)  # this process, train + eval, this GPU
     return tel
+
+
+def _process_start() -> float | None:
+    """When this process started (unix s, 10 ms resolution; Linux only): the launch-to-Python gap."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])  # btime would round to 1 s
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _peak_rss_mb() -> float:

@@ -35,7 +35,7 @@ class StudyConfig:
     name: str = ""                                   # default: the study verb
     base: RunConfig = RunConfig()                    # fine-tuning / scratch runs start from this
     properties: tuple[str, ...] = DEFAULT_PROPERTIES
-    pairs: tuple[str, ...] = ()                      # strategies: "A->B"; default: 3 pairs of properties
+    pairs: tuple[str, ...] = ()                      # "A->B": strategies (default 3 pairs); mpt rows
     ft_sizes: tuple[int, ...] = (800,)
     sampling: str = "random"                         # random | weighted | uniform (FT points, Devi et al.)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -171,11 +171,16 @@ def plan_strategies(study: StudyConfig, runs_dir: Path) -> list[dict]:
 def plan_mpt(study: StudyConfig, runs_dir: Path) -> list[dict]:
     """Per property B: a multi-property model pre-trained with the masked loss on every other property
     (PT pool only: B's values and every FT crystal are out), fine-tuned with a fresh two-layer head;
-    scratch and every pair-wise A→B model alongside (the report picks the best pair-wise row). OOD:
+    scratch and every pair-wise A→B model alongside (the report picks the best pair-wise row); with
+    ``pairs`` set, only those A→B rows (e.g. the best PT per column of a finished pair matrix). OOD:
     PT without the ``ood_systems`` crystal systems, FT and test only on them."""
     b = _Builder(study, runs_dir)
     props = study.properties
-    pair_pts = {a: b.pretrain((a,)) for a in props}
+    wanted = _pairs(study) if study.pairs else [(a, c) for a in props for c in props if a != c]
+    for a, c in wanted:
+        if a not in props or c not in props:
+            raise ValueError(f"mpt: pair {a}->{c} names a property outside properties={list(props)}")
+    pair_pts = {a: b.pretrain((a,)) for a in dict.fromkeys(a for a, _ in wanted)}
     for ft in props:
         others = tuple(p for p in props if p != ft)
         mpt = b.pretrain(others, role="mpt_pretrain", labels={"pt": "mpt", "held_out": ft})
@@ -189,7 +194,7 @@ def plan_mpt(study: StudyConfig, runs_dir: Path) -> list[dict]:
                 b.add(b.finetune(ft, n, seed, transfer=mpt_tr), 1, "finetune", pt="mpt", split="in-distribution",
                       **lab)
                 for pt, run in pair_pts.items():
-                    if pt != ft:
+                    if (pt, ft) in wanted:
                         b.add(b.finetune(ft, n, seed, transfer={"init_from": b.ckpt(run)}), 1, "finetune",
                               pt=pt, split="in-distribution", **lab)
                 # OOD: fine-tune and test on the held-out crystal systems only; PT never saw them, so
