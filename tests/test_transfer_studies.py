@@ -102,6 +102,19 @@ def test_mpt_pairs_restrict_the_pairwise_rows(store, tmp_path):
         write_study_plan("mpt", _study(store, pairs=("mean_z->band_gap",)), tmp_path / "c")
 
 
+def test_distill_lambda_scan_plans_one_row_per_lambda(store, tmp_path):
+    untagged = synthetic_store(tmp_path / "untagged", n=20, seed=5)
+    _, plan = write_study_plan("distill", _study(store, students=("cgcnn",), ssl_store=str(untagged),
+                                                 distill_lambdas=(0.1, 0.01)), tmp_path)
+    kd = {(r["labels"]["approach"], r["config"]["transfer"]["distill_lambda"]) for r in plan["runs"]
+          if r["labels"].get("approach", "").startswith("distilled")}
+    assert kd == {("distilled λ=0.1", 0.1), ("distilled λ=0.01", 0.01)}
+    rows = plan["meta"]["tables"][0]["row_order"]
+    assert rows == ["vanilla", "distilled λ=0.1", "distilled λ=0.01", "fine-tuned"]
+    with pytest.raises(ValueError, match="distill_lambdas"):
+        write_study_plan("distill", _study(store, ssl_store=str(untagged), distill_lambdas=(-1.0,)), tmp_path)
+
+
 def test_studies_share_runs(store, tmp_path):
     """Pair-wise and strategies plans in one root name the same scratch / unfreeze-all runs (trained once)."""
     _, a = write_study_plan("pairwise", _study(store), tmp_path)

@@ -46,6 +46,7 @@ class StudyConfig:
                                    "distillation")
     layer_sets: tuple[str, ...] = ()                 # interaction_layers variants, e.g. "alignn:*", "gcn:*"
     distill_lambda: float = 1.0
+    distill_lambdas: tuple[float, ...] = ()          # distill: a λ scan, one "distilled λ=x" row per value
     ood_systems: tuple[int, ...] = (6,)              # mpt: crystal systems held out of PT for the OOD test
     students: tuple[str, ...] = ("cgcnn", "transformer")
     teacher_size: str = "xs"
@@ -218,6 +219,15 @@ def _ssl_run(b: _Builder, exclude: tuple[str, ...]) -> dict:
     return b.add(cfg, 0, "ssl", pt="crysgnn-ssl", seed=s.pt_seed)
 
 
+def _lambdas(study: StudyConfig) -> list[tuple[float, str]]:
+    """(λ, row label) of the distilled runs: one "distilled" row, or "distilled λ=x" per scanned value."""
+    if not study.distill_lambdas:
+        return [(study.distill_lambda, "distilled")]
+    if any(lam < 0 for lam in study.distill_lambdas):
+        raise ValueError(f"distill_lambdas must be >= 0, got {list(study.distill_lambdas)}")
+    return [(float(lam), f"distilled λ={lam:g}") for lam in study.distill_lambdas]
+
+
 def plan_distill(study: StudyConfig, runs_dir: Path) -> list[dict]:
     """CrysGNN SSL pre-training on the untagged pool (filtered against this store's val/test), then per
     property: each student vanilla vs distilled (property loss + λ·embedding distance), and the
@@ -230,9 +240,10 @@ def plan_distill(study: StudyConfig, runs_dir: Path) -> list[dict]:
                 lab = {"ft": ft, "ft_size": n, "seed": seed}
                 for m in study.students:
                     b.add(b.finetune(ft, n, seed, model=m), 1, "scratch", model=m, approach="vanilla", **lab)
-                    cfg = b.finetune(ft, n, seed, model=m, transfer={
-                        "teacher": str(_folder(runs_dir, ssl)), "distill_lambda": study.distill_lambda})
-                    b.add(cfg, 1, "finetune", model=m, approach="distilled", **lab)
+                    for lam, approach in _lambdas(study):
+                        cfg = b.finetune(ft, n, seed, model=m, transfer={
+                            "teacher": str(_folder(runs_dir, ssl)), "distill_lambda": lam})
+                        b.add(cfg, 1, "finetune", model=m, approach=approach, **lab)
                 cfg = b.finetune(ft, n, seed, model="crysgnn", transfer={"init_from": b.ckpt(ssl)})
                 cfg = _replace(cfg, model={"size": study.teacher_size})
                 b.add(cfg, 1, "finetune", model="crysgnn", approach="fine-tuned", **lab)
@@ -314,7 +325,8 @@ def tables(study: str, cfg: StudyConfig) -> list[dict]:
     if study == "distill":
         return [{"name": "distill", "title": "Vanilla vs distilled (CrysGNN teacher) vs fine-tuned CrysGNN",
                  "rows": "approach", "cols": "ft", "facet": "model", "select": sel,
-                 "baseline": {"approach": "vanilla"}, "row_order": ["vanilla", "distilled", "fine-tuned"]}]
+                 "baseline": {"approach": "vanilla"},
+                 "row_order": ["vanilla", *(a for _, a in _lambdas(cfg)), "fine-tuned"]}]
     if study == "exp":
         return [{"name": "exp", "title": "Experimental formation enthalpy: share of the experimental set "
                  "used for fine-tuning (columns)", "rows": "approach", "cols": "ft_frac", "facet": "model",
