@@ -210,6 +210,30 @@ def _run_all(src, index, x, w, src_index):
     return outs
 
 
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+def test_large_outputs_match_reference(reduce):
+    """Outputs over 8 MB come from the huge-page allocator: values, arg, gradient and lifetime."""
+    gen = _seed("large", reduce)
+    n, f = 20000, 128  # 10 MB float32 out, 20 MB int64 arg
+    index = torch.randint(0, n, (60000,), generator=gen)
+    src = _src(index.numel(), f, torch.float32, gen)
+    for layout, idx in (("unsorted", index), ("sorted", index.sort().values)):
+        got = native().scatter(src, idx, n, reduce)
+        _check_pair(f"scatter/large-{layout}", got, reference.scatter(src, idx, n, reduce), torch.float32, reduce)
+    distinct = torch.randn(src.shape, generator=gen)  # no ties: max has one gradient per row
+    leaf = distinct.clone().requires_grad_()
+    ops.scatter(leaf, index, n, reduce).sum().backward()
+    want = distinct.clone().requires_grad_()
+    reference.scatter(want, index, n, reduce)[0].sum().backward()
+    _assert_close(f"scatter/large grad {reduce}", leaf.grad, want.grad, TOL[torch.float32])
+    x = _src(n, f, torch.float32, gen)
+    src_index = torch.randint(0, n, (index.numel(),), generator=gen)
+    gms = native().gather_mul_scatter(x, src, src_index, index, n)
+    _assert_close("gather_mul_scatter/large", gms, reference.gather_mul_scatter(x, src, src_index, index, n),
+                  TOL[torch.float32])
+    del gms, got  # freed by the allocator's own deleter
+
+
 def test_one_and_two_threads_agree_bitwise():
     gen = torch.Generator().manual_seed(5)
     src = torch.randn(40000, 33, generator=gen)
