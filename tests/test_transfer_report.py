@@ -192,3 +192,14 @@ def test_best_of_source_differs_per_column():
     assert {c["col"]: c["best_row"] for c in cells if c["derived"]} == {"x": "a", "y": "b"}
     best_line = next(line for line in table_markdown(cells, spec).splitlines() if line.startswith("| best |"))
     assert "; via a" in best_line and "; via b" in best_line
+
+
+def test_columns_keep_their_order_when_the_first_row_lacks_one():
+    """The computed→experimental table: "exp-only" has no 0% column, the others do; 0.0 must stay first."""
+    cells_in = [("exp-only", 0.2), ("exp-only", 0.8), ("vanilla", 0.0), ("vanilla", 0.2), ("vanilla", 0.8)]
+    recs = [{"role": "finetune", "labels": {"approach": a, "ft_frac": f}, "seed": s, "mae": 0.5 + 0.01 * s,
+             "r2": 0.5, "mae_mean_baseline": 2.0} for a, f in cells_in for s in (0, 1)]
+    spec = {"name": "t", "rows": "approach", "cols": "ft_frac", "row_order": ["exp-only", "vanilla"]}
+    header = table_markdown(cell_stats(recs, spec), spec).splitlines()
+    header = next(line for line in header if line.startswith("| approach"))
+    assert header.split("|")[2:5] == [" 0.0 ", " 0.2 ", " 0.8 "]

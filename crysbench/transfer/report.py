@@ -219,7 +219,9 @@ def _ordered(cells: list[dict], spec: dict) -> list[dict]:
     facets = _order([c["facet"] for c in cells])
     rows = _order([c["row"] for c in cells], spec.get("row_order"), first=base, last=last)
     cols = _order([c["col"] for c in cells], spec.get("col_order"))
-    return sorted(cells, key=lambda c: (facets.index(c["facet"]), rows.index(c["row"]), cols.index(c["col"])))
+    for c in cells:
+        c["col_rank"] = cols.index(c["col"])  # the grid keeps this order even where a row lacks a column
+    return sorted(cells, key=lambda c: (facets.index(c["facet"]), rows.index(c["row"]), c["col_rank"]))
 
 
 # ----------------------------------------------------------------------------- text
@@ -285,7 +287,9 @@ def cells_csv(cells: list[dict]) -> str:
 
 def _grid(cells: list[dict], facet) -> tuple[list, list, dict]:
     fc = [c for c in cells if c["facet"] == facet]
-    rows, cols = list(dict.fromkeys(c["row"] for c in fc)), list(dict.fromkeys(c["col"] for c in fc))
+    rows = list(dict.fromkeys(c["row"] for c in fc))
+    cols = sorted(dict.fromkeys(c["col"] for c in fc), key=lambda col: next(
+        c.get("col_rank", 0) for c in fc if c["col"] == col))
     return rows, cols, {(c["row"], c["col"]): c for c in fc}
 
 
