@@ -285,7 +285,7 @@ def run(cfg: RunConfig, resume: bool = True, log=print) -> dict:
             "n_params": sum(p.numel() for p in core.parameters()),
             "n_train": data.n_train, "steps": step, "epochs": epoch,
             "telemetry": _telemetry(flops_per_crystal, crystals_seen, atoms_seen, train_time, de, device,
-                                    step, energy0),
+                                    step, energy0, cfg.train.mixed_precision),
             "normalizer": normalizer.state(),
         }
         result["telemetry"]["timeline"] = dict(timeline, final=time.time())
@@ -343,7 +343,11 @@ def _write_jsonl(path: Path, records: list) -> None:
     os.replace(tmp, path)
 
 
-def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps, energy0=None) -> dict:
+def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps, energy0=None,
+               mixed_precision: str = "none") -> dict:
+    from crysbench.train.mfu import mfu, peak_flops
+
+    peak = peak_flops(device, mixed_precision)
     tel = {
         "flops_per_crystal": flops_per_crystal,
         "train_flops": (flops_per_crystal or 0.0) * crystals,
@@ -351,6 +355,8 @@ def _telemetry(flops_per_crystal, crystals, atoms, seconds, de, device, steps, e
         "atoms_per_s": atoms / seconds if seconds else None,
         "wall_time_s": seconds, "steps": steps, "world_size": de.world_size, "device": str(device),
         "peak_rss_mb": _peak_rss_mb(),
+        "peak_flops_per_device": peak,
+        "mfu": mfu((flops_per_crystal or 0.0) * crystals, seconds, de.world_size, peak),
     }
     if device.type == "cuda":
         tel["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
