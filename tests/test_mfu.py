@@ -36,8 +36,8 @@ def test_env_peak_and_bad_values(monkeypatch):
 
 def test_run_records_mfu(tmp_path, monkeypatch):
     store = synthetic_store(tmp_path / "s", n=40)
-    cfg = C.from_dict(RunConfig, {"data": {"store": str(store), "targets": ["volume_per_atom"], "batch_size": 16},
-                                  "model": {"name": "cgcnn", "size": "xxs"},
+    data = {"store": str(store), "targets": ["volume_per_atom"], "batch_size": 16}
+    cfg = C.from_dict(RunConfig, {"data": data, "model": {"name": "cgcnn", "size": "xxs"},
                                   "train": {"epochs": 1, "threads": 1}, "out_dir": str(tmp_path / "runs")})
     monkeypatch.delenv("CRYSBENCH_PEAK_FLOPS", raising=False)
     tel = run(cfg, log=lambda m: None)["telemetry"]
