@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures import rock_salt, skewed, structures, triclinic, write_extxyz, wurtzite
 
 from crysbench.data.fast_extxyz import parse_frame
 from crysbench.data.readers import read
 from crysbench.data.readers_files import _ase_extxyz_record, _extxyz_frames, _extxyz_record
 from crysbench.data.validate import BadRecord
-from tests.fixtures import rock_salt, skewed, structures, triclinic, write_extxyz, wurtzite
 
 LAT = 'Lattice="5.0 0.0 0.0 0.0 5.0 0.0 0.0 0.0 5.0"'
 ATOMS = "Na 0.0 0.0 0.0\nCl 2.5 2.5 2.5\n"
