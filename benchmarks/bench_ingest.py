@@ -319,6 +319,8 @@ def markdown(report: dict) -> str:
              f"{', '.join(f'{x:.1f}' for x in report['load'])} (two nice'd training jobs shared the 2 cores "
              "the whole time, so absolute times are noisy; every ratio compares contenders run "
              "interleaved in the same process).", ""]
+    for key, commit in report.get("kept_from_earlier_run", {}).items():
+        lines += [f"The {key} section was not rerun: it is kept from the run at commit `{commit[:12]}`.", ""]
     for block in report.get("ingest", []):
         cells = f" as {block['supercell']}x{block['supercell']}x{block['supercell']} supercells" \
             if block["supercell"] > 1 else ""
@@ -350,6 +352,17 @@ def markdown(report: dict) -> str:
                   f"{r['load_fraction_of_step']:.3f} |" for r in report["memory"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _keep_other_sections(report: dict, previous: Path) -> None:
+    """With ``--only``, carry the sections not rerun over from the earlier report (noting its commit)."""
+    if not previous.is_file():
+        return
+    old = json.loads(previous.read_text())
+    for key in ("ingest", "loading", "memory"):
+        if key not in report and key in old:
+            report[key] = old[key]
+            report.setdefault("kept_from_earlier_run", {})[key] = old["provenance"]["commit"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = report["provenance"]["machine"] + ("-quick" if args.quick else "")
+    _keep_other_sections(report, out / f"{name}.json")
     (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{name}.md").write_text(markdown(report))
     print(json.dumps({k: report[k] for k in ("ingest", "loading", "memory") if k in report}, indent=1))

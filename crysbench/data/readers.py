@@ -28,10 +28,15 @@ from crysbench.data.validate import (
     RecordError,
     Skipped,
     crystal_problem,
+    min_periodic_distances,
+    overlap_problem,
     select_targets,
 )
 
 Build = Callable[[], tuple[Crystal, Mapping[str, Any]]]
+# Records parsed ahead and checked for overlapping atoms together (one neighbour-list call): a bad
+# record still raises, or is skipped, at its own place in the stream.
+VALIDATE_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,9 @@ class Reading:
         self.require_targets, self.min_distance = require_targets, min_distance
         self.skipped: list[Skipped] = []
 
-    def _finish(self, raw: RawRecord) -> Crystal:
-        """Parse, select targets and validate one record; BadRecord becomes RecordError."""
+    def _finish(self, raw: RawRecord) -> Crystal | RecordError:
+        """Parse, select targets and validate one record (all but the overlap check, which
+        ``_finish_block`` batches); a bad record is returned as its RecordError."""
         prov = raw.provenance
         try:
             crystal, raw_targets = raw.build()
@@ -118,22 +124,53 @@ class Reading:
                 prov = dataclasses.replace(prov, key=crystal.id)
             targets = select_targets(raw_targets, self.targets, self.require_targets)
             crystal = dataclasses.replace(crystal, id=prov.key, targets=targets, provenance=prov)
-            reason = crystal_problem(crystal, self.min_distance)
+            reason = crystal_problem(crystal, 0.0)
         except BadRecord as exc:
             reason = exc.reason
-        if reason is not None:
-            raise RecordError.at(prov, reason)
-        return crystal
+        return crystal if reason is None else RecordError.at(prov, reason)
+
+    def _next_block(self, records: Iterator[RawRecord]) -> tuple[list, BaseException | None]:
+        """Up to VALIDATE_BLOCK finished records, overlap-checked together. It stops early at a bad
+        record when failing, and at an exception of the reader itself, which it returns to be raised
+        after the records before it (the order of errors is that of record-by-record reading)."""
+        out: list[Crystal | RecordError] = []
+        deferred = None
+        while len(out) < VALIDATE_BLOCK:
+            try:
+                raw = next(records, None)
+                if raw is None:
+                    break
+                out.append(self._finish(raw))
+            except Exception as exc:  # noqa: BLE001 - re-raised by __iter__ in its place
+                deferred = exc
+                break
+            if self.on_error == "fail" and isinstance(out[-1], RecordError):
+                break
+        if self.min_distance > 0:
+            valid = [k for k, c in enumerate(out) if isinstance(c, Crystal)]
+            dists = min_periodic_distances([out[k] for k in valid], self.min_distance)
+            for k, d in zip(valid, dists, strict=True):
+                reason = overlap_problem(d, self.min_distance)
+                if reason is not None:
+                    out[k] = RecordError.at(out[k].provenance, reason)
+        return out, deferred
 
     def __iter__(self) -> Iterator[Crystal]:
         self.skipped = []
-        for raw in self._records():
-            try:
-                yield self._finish(raw)
-            except RecordError as err:
-                if self.on_error == "fail":
-                    raise
-                self.skipped.append(Skipped(err.source, err.record, err.reason))
+        records = self._records()
+        while True:
+            block, deferred = self._next_block(records)
+            for result in block:
+                if isinstance(result, Crystal):
+                    yield result
+                elif self.on_error == "fail":
+                    raise result
+                else:
+                    self.skipped.append(Skipped(result.source, result.record, result.reason))
+            if deferred is not None:
+                raise deferred
+            if len(block) < VALIDATE_BLOCK:
+                return
 
 
 def read(source: Any, format: str, targets: Sequence[str] | None = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crysbench.data.crystal import Crystal, Provenance
+from crysbench.data.fast_extxyz import parse_frame
 from crysbench.data.readers import RawRecord, ase_scalars, parse_cif, parse_poscar, register_reader
 from crysbench.data.validate import BadRecord
 
@@ -104,7 +105,18 @@ def read_cif_folder(folder: Path, targets: Sequence[str] | None) -> Iterator[Raw
 
 # ---- extxyz ----------------------------------------------------------------------------------
 def _extxyz_record(text: str, key: str) -> tuple[Crystal, Mapping[str, Any]]:
-    """(crystal, info + calculator scalars) from the text of one extxyz frame."""
+    """(crystal, info + calculator scalars) from the text of one extxyz frame: the fast parser for
+    the common layout (same record as ASE's), ASE's reader for everything else."""
+    fast = parse_frame(text)
+    if fast is not None:
+        fields, scalars = fast
+        cid = fields.pop("id")
+        return Crystal(id=key if cid is None else cid, **fields), scalars
+    return _ase_extxyz_record(text, key)
+
+
+def _ase_extxyz_record(text: str, key: str) -> tuple[Crystal, Mapping[str, Any]]:
+    """(crystal, info + calculator scalars) of one extxyz frame through ASE's general reader."""
     from ase.io import read as ase_read
 
     try:

@@ -105,16 +105,35 @@ def min_periodic_distance(crystal: Crystal, cutoff: float = MIN_DISTANCE) -> flo
     """Smallest distance (Å) between two atoms or an atom and its own image, if below ``cutoff``;
     otherwise returns ``inf``. Uses the native periodic neighbour list (linear in atoms; the former
     all-pairs × images check was quadratic and the slowest step of reading a large cell)."""
+    return min_periodic_distances([crystal], cutoff)[0]
+
+
+def min_periodic_distances(crystals: Sequence[Crystal], cutoff: float = MIN_DISTANCE) -> list[float]:
+    """``min_periodic_distance`` of each crystal, from one batched neighbour-list call (the per-call
+    cost, not the search, dominated for small cells). Cells must be finite and non-singular."""
     import torch
 
     from crysbench import ops
 
-    pos = torch.tensor(np.asarray(crystal.positions), dtype=torch.float64)  # a copy: records are read-only
-    cell = torch.tensor(np.asarray(crystal.cell), dtype=torch.float64)[None]
-    pbc = torch.tensor([[bool(p) for p in crystal.pbc]])
-    d = ops.neighbor_list(pos, cell, pbc, torch.tensor([0, len(pos)]), float(cutoff))[3]
-    best = float(d.min()) if d.numel() else math.inf
-    return best if best < cutoff else math.inf
+    if not crystals:
+        return []
+    sizes = [len(c) for c in crystals]
+    ptr = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
+    pos = torch.from_numpy(np.concatenate([np.asarray(c.positions) for c in crystals]).astype(np.float64))
+    cell = torch.from_numpy(np.stack([np.asarray(c.cell) for c in crystals]).astype(np.float64))
+    pbc = torch.tensor([[bool(p) for p in c.pbc] for c in crystals])
+    ei, _, _, d, _ = ops.neighbor_list(pos, cell, pbc, ptr, float(cutoff), return_vectors=False)
+    owner = torch.repeat_interleave(torch.arange(len(crystals)), torch.tensor(sizes))[ei]
+    best = torch.full((len(crystals),), math.inf, dtype=torch.float64)
+    best = best.scatter_reduce(0, owner, d, reduce="amin")
+    return [b if b < cutoff else math.inf for b in best.tolist()]
+
+
+def overlap_problem(d: float, min_distance: float) -> str | None:
+    """The overlapping-atoms sentence for a minimum periodic distance ``d`` (Å), or None."""
+    if d < min_distance:
+        return f"overlapping atoms: minimum periodic distance {d:.3f} Å < {min_distance} Å"
+    return None
 
 
 def crystal_problem(crystal: Crystal, min_distance: float = MIN_DISTANCE) -> str | None:
@@ -133,9 +152,7 @@ def crystal_problem(crystal: Crystal, min_distance: float = MIN_DISTANCE) -> str
     if volume < 1e-3 or volume < 1e-6 * float(np.prod(lengths)):
         return f"zero-volume or singular cell (volume {volume:.3g} Å^3, lengths {np.round(lengths, 3)})"
     if min_distance > 0:
-        d = min_periodic_distance(crystal, min_distance)
-        if d < min_distance:
-            return f"overlapping atoms: minimum periodic distance {d:.3f} Å < {min_distance} Å"
+        return overlap_problem(min_periodic_distance(crystal, min_distance), min_distance)
     return None
 
 
