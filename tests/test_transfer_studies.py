@@ -16,7 +16,7 @@ from crysbench.testing import synthetic_store
 from crysbench.train.checkpoint import load
 from crysbench.train.config import DataConfig, RunConfig
 from crysbench.train.data import run_parts, sample_subset, train_indices
-from crysbench.transfer.studies import StudyConfig, write_study_plan
+from crysbench.transfer.studies import StudyConfig, check_stages, write_study_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PROPS = ("volume_per_atom", "mean_z")
@@ -113,6 +113,21 @@ def test_distill_lambda_scan_plans_one_row_per_lambda(store, tmp_path):
     assert rows == ["vanilla", "distilled λ=0.1", "distilled λ=0.01", "fine-tuned"]
     with pytest.raises(ValueError, match="distill_lambdas"):
         write_study_plan("distill", _study(store, ssl_store=str(untagged), distill_lambdas=(-1.0,)), tmp_path)
+
+
+def test_a_run_must_come_after_the_runs_it_starts_from(tmp_path):
+    """Runs of one stage run side by side (one Slurm array): a same-stage dependency is a plan error."""
+    teacher = {"run_id": "aaa", "stage": 0, "config": {"transfer": {}}}
+    student = {"run_id": "bbb", "stage": 0, "config": {"transfer": {"teacher": str(tmp_path / "runs/aaa")}}}
+    ckpt = str(tmp_path / "runs/bbb/ckpt/best.pt")
+    ft = {"run_id": "ccc", "stage": 1, "config": {"transfer": {"init_from": ckpt}}}
+    with pytest.raises(ValueError, match="run bbb .* needs run aaa"):
+        check_stages([teacher, student, ft])
+    student["stage"] = 1
+    with pytest.raises(ValueError, match="run ccc .* needs run bbb"):
+        check_stages([teacher, student, ft])
+    ft["stage"] = 2
+    check_stages([teacher, student, ft])
 
 
 def test_studies_share_runs(store, tmp_path):
@@ -303,7 +318,11 @@ def test_distill_and_exp_verbs_end_to_end(store, tmp_path):
     out = _transfer("exp", store, tmp_path, tmp_path / "res-e", "--ssl-data", str(untagged), "--exp-data", str(exp))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     runs = json.loads((tmp_path / "exp-cgcnn-quick" / "plan.json").read_text())["runs"]
-    by = {(r["labels"].get("approach"), r["labels"].get("ft_frac"), r["seed"]): r for r in runs if r["stage"] == 1}
+    by = {(r["labels"].get("approach"), r["labels"].get("ft_frac"), r["seed"]): r for r in runs if r["stage"] >= 1}
+    # the distilled PT needs the SSL teacher, the fine-tunes need the distilled PT: strictly later stages
+    ssl_stage = next(r["stage"] for r in runs if r["role"] == "ssl")
+    kd = next(r for r in runs if str(r["labels"].get("pt", "")).endswith("+kd"))
+    assert ssl_stage < kd["stage"] < by[("distilled", 0.2, 0)]["stage"]
     zero = by[("vanilla", 0.0, 0)]
     assert zero["config"]["train"]["epochs"] == 0 and zero["config"]["transfer"]["init_normalizer"]
     assert by[("distilled", 0.0, 0)]["config"]["transfer"]["init_prefix"] == "student."

@@ -1,5 +1,5 @@
 """Transfer-learning studies as plans: each verb of ``python -m crysbench transfer`` expands into
-staged runs (stage 0 pre-trains, stage 1 fine-tunes from stage 0's checkpoints), written to disk
+staged runs (stage 0 pre-trains, later stages start from earlier stages' checkpoints), written to disk
 before anything runs and launched like a scaling sweep (locally in stage order, or one Slurm array
 per stage chained with ``afterok``).
 
@@ -266,7 +266,8 @@ def plan_exp(study: StudyConfig, runs_dir: Path) -> list[dict]:
         vanilla = b.pretrain((study.exp_pt_target,), model=m)
         kd = _replace(b.pt_config((study.exp_pt_target,), m),
                       transfer={"teacher": str(_folder(runs_dir, ssl)), "distill_lambda": study.distill_lambda})
-        distilled = b.add(kd, 0, "pretrain", pt=f"{study.exp_pt_target}+kd", seed=study.pt_seed)
+        # stage 1: it needs the SSL teacher of stage 0 (same-stage runs run side by side on Slurm)
+        distilled = b.add(kd, 1, "pretrain", pt=f"{study.exp_pt_target}+kd", seed=study.pt_seed)
         sources = (("vanilla", vanilla, ""), ("distilled", distilled, "student."))
         for frac in study.exp_fracs:
             n = min(n_exp, int(round(frac / (1 - study.exp_test_frac) * n_exp)))
@@ -281,7 +282,7 @@ def plan_exp(study: StudyConfig, runs_dir: Path) -> list[dict]:
                     if not frac:  # zero-shot: the PT model's head and normalizer, no training
                         tr.update(skip_head=False, init_normalizer=True)
                     cfg = _replace(ft, transfer=tr, train={"epochs": ft.train.epochs if frac else 0})
-                    b.add(cfg, 1, "finetune", approach=name, **lab)
+                    b.add(cfg, 2, "finetune", approach=name, **lab)
     return b.runs
 
 
@@ -335,6 +336,23 @@ def tables(study: str, cfg: StudyConfig) -> list[dict]:
     raise ValueError(f"unknown study {study!r}; choose one of {STUDIES}")
 
 
+def check_stages(runs: list[dict]) -> None:
+    """Every run that starts from another run of the plan (``transfer.init_from`` checkpoint or
+    ``transfer.teacher`` folder) must sit in a later stage: runs of one stage run side by side."""
+    stage = {r["run_id"]: r["stage"] for r in runs}
+    for r in runs:
+        tr = r["config"].get("transfer") or {}
+        for key in ("init_from", "teacher"):
+            ref = tr.get(key)
+            if not ref:
+                continue
+            path = Path(ref)
+            dep = path.parent.parent.name if key == "init_from" else path.name
+            if dep in stage and stage[dep] >= r["stage"]:
+                raise ValueError(f"plan: run {r['run_id']} (stage {r['stage']}) needs run {dep} ({key}) "
+                                 f"of stage {stage[dep]}; it must be in an earlier stage")
+
+
 def write_study_plan(study: str, cfg: StudyConfig, root: Path, command: str = "") -> tuple[Path, dict]:
     """Plan ``study`` under ``root/<name>`` with runs in ``root/runs``; returns (plan folder, plan)."""
     if study not in PLANNERS:
@@ -342,6 +360,7 @@ def write_study_plan(study: str, cfg: StudyConfig, root: Path, command: str = ""
     root = Path(root).resolve()
     folder = root / (cfg.name or study)
     runs = sorted(PLANNERS[study](cfg, root / "runs"), key=lambda r: r["stage"])
+    check_stages(runs)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "configs").mkdir(exist_ok=True)
     for r in runs:
