@@ -99,6 +99,11 @@ def collect(plan: dict) -> list[dict]:
     return records
 
 
+def _finished(plan: dict) -> int:
+    """Runs with a final.json, SSL pre-training included (it has no property, so no record)."""
+    return sum((Path(r["config"]["out_dir"]) / r["run_id"] / "final.json").exists() for r in plan["runs"])
+
+
 # ----------------------------------------------------------------------------- statistics
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
@@ -417,7 +422,7 @@ def report_study(plan_dir: str | Path, results_dir: str | Path) -> dict:
     command = f"{plan['command']}` then `" if plan.get("command") else ""
     lines = [f"# Transfer study `{plan.get('study', Path(plan_dir).name)}`", "",
              f"Made by `{command}python -m crysbench transfer report {plan_dir}`.", "",
-             f"{len(records)} of {len(plan['runs'])} runs finished.", "", NOTE, ""]
+             f"{_finished(plan)} of {len(plan['runs'])} runs finished.", "", NOTE, ""]
     tables = {}
     for spec in specs:
         cells = tables[spec["name"]] = cell_stats(records, spec)
