@@ -93,7 +93,8 @@ def write_plan(sweep: SweepConfig, folder: Path, n_train: int | None = None, com
 def load_plan(folder: Path) -> dict:
     path = Path(folder) / "plan.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no sweep plan here (make one with `python -m crysbench sweep`)")
+        raise FileNotFoundError(f"{path}: no plan here (make one with `python -m crysbench sweep` or "
+                                "`python -m crysbench transfer <verb>`)")
     return json.loads(path.read_text())
 
 
