@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -160,8 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Bad input (a missing file, a bad config value) ends with its message on stderr and
+    exit status 2, not a traceback; set CRYSBENCH_TRACEBACK=1 to see where it came from."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:
+        manifest = sys.modules.get("crysbench.store.manifest")  # loaded if it raised StoreError
+        user_error = (FileNotFoundError, ValueError) + ((manifest.StoreError,) if manifest else ())
+        if os.environ.get("CRYSBENCH_TRACEBACK") or not isinstance(e, user_error):
+            raise
+        print(f"crysbench: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
