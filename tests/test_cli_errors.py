@@ -15,7 +15,8 @@ def _cli(*args, env=None, cwd=None):
 def test_missing_plan_is_one_line(tmp_path):
     out = _cli("transfer", "status", str(tmp_path / "nothing"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert f"crysbench: error: FileNotFoundError: {tmp_path / 'nothing' / 'plan.json'}: no plan here" in out.stderr
+    plan = tmp_path / "nothing" / "plan.json"
+    assert f"crysbench: error: FileNotFoundError: {plan}: no plan here" in out.stderr
     debug = _cli("transfer", "status", str(tmp_path / "nothing"), env={"CRYSBENCH_TRACEBACK": "1"})
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
