@@ -163,3 +163,19 @@ def assert_same_structure(crystal, structure, tol: float = 1e-4, same_orientatio
         d -= np.round(d)
         hit = (crystal.numbers == z) & (np.abs(d).max(axis=1) < tol)
         assert hit.sum() == 1, f"{crystal.id}: atom Z={z} at {frac} matched {hit.sum()} times"
+
+
+def require_slurm(module: bool = False) -> None:
+    """Skip unless a Slurm cluster answers (``sbatch`` on PATH and ``sinfo`` succeeds); with
+    CRYSBENCH_REQUIRE_SLURM=1 (CI) a missing cluster is an error, not a skip."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("sbatch") and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0:
+        return
+    if os.environ.get("CRYSBENCH_REQUIRE_SLURM") == "1":
+        raise RuntimeError("CRYSBENCH_REQUIRE_SLURM=1 but no Slurm answers: run slurm/local-cluster.sh up")
+    pytest.skip("no Slurm cluster answers (start one with slurm/local-cluster.sh up)", allow_module_level=module)

@@ -3,13 +3,13 @@ and a scancel-then-resume fault test. Skipped when no cluster answers, unless CI
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from fixtures import require_slurm
 
 from crysbench.sweep.runner import status
 from crysbench.testing import synthetic_store
@@ -25,16 +25,7 @@ base:
 """
 
 
-def _slurm_up() -> bool:
-    if not shutil.which("sbatch"):
-        return False
-    return subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
-
-
-if not _slurm_up():
-    if os.environ.get("CRYSBENCH_REQUIRE_SLURM") == "1":
-        raise RuntimeError("CRYSBENCH_REQUIRE_SLURM=1 but no Slurm answers: run slurm/local-cluster.sh up")
-    pytest.skip("no Slurm cluster answers (start one with slurm/local-cluster.sh up)", allow_module_level=True)
+require_slurm(module=True)
 
 
 @pytest.fixture(scope="module")

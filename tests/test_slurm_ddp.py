@@ -10,13 +10,13 @@ answers, unless CRYSBENCH_REQUIRE_SLURM=1.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from fixtures import require_slurm
 
 from crysbench import config as C
 from crysbench.distributed import detect
@@ -31,17 +31,7 @@ RTOL = 1e-6  # metrics and losses: float32 sums in another order (gradients aver
 WEIGHT_RTOL = 1e-5  # per tensor, relative to its largest entry (~5e-6 measured on a LayerNorm bias)
 
 
-def _slurm_up() -> bool:
-    if not shutil.which("sbatch"):
-        return False
-    return subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
-
-
-if not _slurm_up():
-    if os.environ.get("CRYSBENCH_REQUIRE_SLURM") == "1":
-        raise RuntimeError("CRYSBENCH_REQUIRE_SLURM=1 but no Slurm answers: run slurm/local-cluster.sh up")
-    pytest.skip("no Slurm cluster answers (start one with slurm/local-cluster.sh up)",
-                allow_module_level=True)
+require_slurm(module=True)
 
 
 def test_detect_reads_slurm_tasks():

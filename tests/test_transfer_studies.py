@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures import require_slurm
 
 from crysbench import config as C
 from crysbench.sweep.runner import Busy, _lock, run_index, status
@@ -262,21 +263,10 @@ def test_pairwise_and_strategies_verbs_end_to_end(store, tmp_path):
     assert st.returncode == 0 and "done: " in st.stdout
 
 
-def _slurm_up() -> bool:
-    import shutil
-
-    return bool(shutil.which("sbatch")) and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
-
-
 def test_study_through_slurm_chains_stages(store, tmp_path):
     """On the real local Slurm: stage arrays chained with afterok, then the report job; the same runs
     and report as a local study (skipped without a cluster unless CI requires one)."""
-    import os
-
-    if not _slurm_up():
-        if os.environ.get("CRYSBENCH_REQUIRE_SLURM") == "1":
-            raise RuntimeError("CRYSBENCH_REQUIRE_SLURM=1 but no Slurm answers")
-        pytest.skip("no Slurm cluster answers (start one with slurm/local-cluster.sh up)")
+    require_slurm()
     (tmp_path / "tiny.yaml").write_text(TINY)
     out = _transfer("pairwise", store, tmp_path, tmp_path / "res", "--launcher", "slurm", "--wait",
                     "--time-min", "10", "seeds=[0]")
